@@ -1,0 +1,35 @@
+# The README's commands: `make test` and `make demo`. Both install what they need first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+
+.PHONY: install datasets test test-fast demo profile clean
+
+install: $(VENV)/.installed datasets
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package; CIFAR-10 is read from ../shared.
+datasets:
+	@if [ ! -f $(FASHION_MNIST_DIR)/t10k-images-idx3-ubyte.gz ]; then \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; }; \
+	fi
+
+test: install
+	$(PY) -m pytest -q
+
+# Everything but timm's generic suite and the slow training tests.
+test-fast: install
+	$(PY) -m pytest -q -m 'not slow' --deselect tests/test_timm_suite.py
+
+profile: install
+	$(PY) -m wt_zoo.profile
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

@@ -1,0 +1,115 @@
+"""Deep Equilibrium ResNets: the same block as the weight-tied family, solved for z* = f(z*, x).
+
+Solvers and gradients come from torchdeq (see :mod:`wt_zoo.solvers`). TorchScript and fx are not
+supported for this family: the solvers' convergence loops read tensor values on the host.
+"""
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from timm.models import register_model
+
+from ..solvers import SolverStats, build_deq_core, check_solver_args, jacobian_penalty, solve
+from .implicit_resnet import ImplicitBlock, ImplicitResNet, create_implicit_resnet, family_default_cfgs
+
+__all__ = ['EquilibriumImplicit', 'DEQResNet']
+
+
+class EquilibriumImplicit(nn.Module):
+    """Solve the stage's fixed point with torchdeq; record what the solver did on every forward."""
+
+    def __init__(self, block: ImplicitBlock, f_solver: str = 'anderson', f_max_iter: int = 12, f_tol: float = 1e-3,
+                 b_solver: str = 'fixed_point_iter', b_max_iter: int = 12, grad_mode: str = 'phantom',
+                 phantom_steps: int = 2, jac_reg_weight: float = 0.0):
+        super().__init__()
+        self.block = block
+        self.f_tol = f_tol
+        self.jac_reg_weight = jac_reg_weight
+        self.grad_checkpointing = False  # nothing to checkpoint: the solve keeps no graph
+        self.deq = build_deq_core(f_solver=f_solver, f_max_iter=f_max_iter, f_tol=f_tol, b_solver=b_solver,
+                                  b_max_iter=b_max_iter, grad_mode=grad_mode, phantom_steps=phantom_steps)
+        self.last_stats: Optional[SolverStats] = None
+        self.jac_loss: Optional[torch.Tensor] = None
+        self._warned = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z_init = x  # the same start as the unrolled twin
+        if x.device.type == 'meta':
+            # No values to iterate on: one application gives the output's shape and dtype.
+            return self.block(z_init, x)
+
+        def func(z):
+            return self.block(z, x)
+
+        z_star, stats = solve(self.deq, func, z_init, self.f_tol)
+        if not torch.isfinite(z_star).all():
+            raise FloatingPointError(
+                f'DEQ solver returned non-finite values (relative residual {stats.rel_residual:.3g} after '
+                f'{stats.nstep:.1f} iterations); lower the learning rate or raise jac_reg_weight')
+        self.last_stats = stats
+        if not stats.converged and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f'DEQ solver did not reach f_tol={self.f_tol:g} (relative residual {stats.rel_residual:.3g} '
+                f'after {stats.nstep:.1f} iterations); returning its best iterate. Further misses are '
+                f'recorded in solver_stats without warning.', RuntimeWarning, stacklevel=2)
+        self.jac_loss = None
+        if self.training and self.jac_reg_weight > 0 and torch.is_grad_enabled():
+            self.jac_loss = jacobian_penalty(func, z_star)
+        return z_star
+
+
+class DEQResNet(ImplicitResNet):
+    """DEQ twin of :class:`WTResNet`: identical parameters, the stage solved instead of unrolled."""
+    unrolled = False
+
+    def __init__(
+            self,
+            f_solver: str = 'anderson',
+            f_max_iter: int = 12,
+            f_tol: float = 1e-3,
+            b_solver: str = 'fixed_point_iter',
+            b_max_iter: int = 12,
+            grad_mode: str = 'phantom',
+            phantom_steps: int = 2,
+            jac_reg_weight: float = 0.0,
+            **kwargs,
+    ):
+        deq_args = dict(f_solver=f_solver, f_max_iter=f_max_iter, f_tol=f_tol, b_solver=b_solver, b_max_iter=b_max_iter,
+                        grad_mode=grad_mode, phantom_steps=phantom_steps, jac_reg_weight=jac_reg_weight)
+        check_solver_args(**deq_args)
+        self.deq_args = deq_args
+        super().__init__(
+            implicit_layer=lambda block, stage_index, device: EquilibriumImplicit(block, **deq_args), **kwargs)
+
+    @property
+    def solver_stats(self) -> Dict[str, Dict[str, float]]:
+        """Per stage, what the last forward's solver did (mean iterations, worst residual, converged)."""
+        return {f'stages.{i}': layer.last_stats.as_dict()
+                for i, layer in enumerate(self.implicit_layers()) if layer.last_stats is not None}
+
+    def aux_loss(self) -> torch.Tensor:
+        """Weighted Jacobian regularisation of the last training forward (zero when disabled)."""
+        penalties: List[torch.Tensor] = [layer.jac_loss for layer in self.implicit_layers() if layer.jac_loss is not None]
+        if not penalties:
+            return torch.zeros((), device=self.stem.conv.weight.device)
+        return self.deq_args['jac_reg_weight'] * torch.stack(penalties).sum()
+
+
+default_cfgs = family_default_cfgs('deq')
+
+
+@register_model
+def deq_resnet_tiny(pretrained=False, **kwargs) -> DEQResNet:
+    return create_implicit_resnet(DEQResNet, 'deq_resnet_tiny', pretrained, **kwargs)
+
+
+@register_model
+def deq_resnet_small(pretrained=False, **kwargs) -> DEQResNet:
+    return create_implicit_resnet(DEQResNet, 'deq_resnet_small', pretrained, **kwargs)
+
+
+@register_model
+def deq_resnet_base(pretrained=False, **kwargs) -> DEQResNet:
+    return create_implicit_resnet(DEQResNet, 'deq_resnet_base', pretrained, **kwargs)

@@ -1,0 +1,320 @@
+"""Implicit ResNet: the architecture shared by the weight-tied, sparse-mask and DEQ families.
+
+A stem conv, then implicit stages. Each stage holds ONE residual block ``f`` and reaches its
+output ``z`` by iterating ``z = f(z, x)`` with the stage input ``x`` injected at every step.
+How the iteration runs is the only thing that differs between the families (unrolled a fixed
+number of times, unrolled through per-iteration sparse masks, or solved to a fixed point), so
+the block, stem, downsampling and head here are the same code for all of them and twins have
+exactly the same parameters.
+"""
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+__all__ = [
+    'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'ImplicitResNet', 'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD',
+    'family_default_cfgs', 'create_implicit_resnet',
+]
+
+# Per-channel statistics of the CIFAR-10 training split (original dataset); Fashion-MNIST likewise.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+MIN_INPUT_SIZE = 16
+
+# Sizes shared by the three families, so that wt_X, wtsm_X and deq_X are twins. ``depth`` is the
+# number of unrolled iterations per stage (the DEQ family solves instead of unrolling).
+MODEL_SIZES: Dict[str, Dict[str, int]] = {
+    'tiny': dict(width=48, num_stages=2, stem_stride=2, depth=4),    # 0.25M params, 32px -> 16 -> 8
+    'small': dict(width=48, num_stages=3, stem_stride=1, depth=6),   # 1.1M params, 32px -> 32 -> 16 -> 8
+    'base': dict(width=104, num_stages=3, stem_stride=1, depth=8),   # 5.1M params, half MDEQ's 10M
+}
+
+
+@register_notrace_function
+def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    """Fail with the expected shape instead of deep inside a conv."""
+    if x.dim() != 4 or x.shape[1] != in_chans or x.shape[2] < min_size or x.shape[3] < min_size:
+        raise ValueError(
+            'expected an image batch of shape (N, ' + str(in_chans) + ', H, W) with H, W >= ' + str(min_size)
+            + ', got shape ' + str(list(x.shape)))
+
+
+class ImplicitBlock(nn.Module):
+    """The shared residual block f(z, x) = norm3(relu(z + norm2(conv2(relu(norm1(conv1(z))))) + x)).
+
+    GroupNorm rather than BatchNorm, so that f is the same function at every iteration and in
+    every batch, which a fixed-point solver needs. ``weights`` lets a caller substitute masked
+    versions of the two conv weights for one call.
+    """
+
+    def __init__(self, channels: int, norm_groups: int = 8, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **dd)
+        self.norm1 = nn.GroupNorm(norm_groups, channels, **dd)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False, **dd)
+        self.norm2 = nn.GroupNorm(norm_groups, channels, **dd)
+        self.norm3 = nn.GroupNorm(norm_groups, channels, **dd)
+
+    def conv_weights(self) -> List[torch.Tensor]:
+        return [self.conv1.weight, self.conv2.weight]
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor, weights: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        if weights is None:
+            weights = self.conv_weights()
+        y = F.relu(self.norm1(F.conv2d(z, weights[0], None, 1, 1)))
+        y = self.norm2(F.conv2d(y, weights[1], None, 1, 1))
+        return self.norm3(F.relu(z + y + x))
+
+
+class UnrolledImplicit(nn.Module):
+    """Weight-tied iteration: ``depth`` applications of the one block, trained by plain backprop.
+
+    With ``masks`` (an :class:`wt_zoo.masks.IterationMasks`), iteration k convolves with the shared
+    weights times its own fixed mask; without, it is the dense weight-tied model.
+    """
+
+    def __init__(self, block: ImplicitBlock, depth: int, masks: Optional[nn.Module] = None):
+        super().__init__()
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f'depth must be a positive integer, got {depth!r}')
+        self.block = block
+        self.depth = depth
+        self.masks = masks
+        self.grad_checkpointing = False
+
+    def step(self, z: torch.Tensor, x: torch.Tensor, iteration: int) -> torch.Tensor:
+        if self.masks is None:
+            return self.block(z, x)
+        return self.block(z, x, self.masks(self.block.conv_weights(), iteration))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x  # start from the injected input, so the first iteration's convs see real features
+        for iteration in range(self.depth):
+            if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
+                z = checkpoint(self.step, z, x, iteration)
+            else:
+                z = self.step(z, x, iteration)
+        return z
+
+
+class ImplicitStage(nn.Module):
+    """Optional stride-2 downsampling into the stage width, then the implicit layer."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, implicit: nn.Module, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        if stride == 1 and in_chs == out_chs:
+            self.downsample = nn.Identity()
+        else:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(in_chs, out_chs, 3, stride=stride, padding=1, bias=False, **dd),
+                nn.BatchNorm2d(out_chs, **dd),
+                nn.ReLU(inplace=True),
+            )
+        self.implicit = implicit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.implicit(self.downsample(x))
+
+
+class ImplicitResNet(nn.Module):
+    """Stem, implicit stages (width doubling, stride 2 after the first), timm classifier head.
+
+    ``implicit_layer(block, stage_index, device)`` builds the iteration of each stage; the family
+    classes (WTResNet, WTSMResNet, DEQResNet) supply it and keep their own keyword arguments.
+    """
+
+    def __init__(
+            self,
+            implicit_layer: Callable[..., nn.Module],
+            width: int = 48,
+            num_stages: int = 2,
+            stem_stride: int = 2,
+            norm_groups: int = 8,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        if not isinstance(width, int) or width < 1 or width % norm_groups:
+            raise ValueError(f'width must be a positive multiple of norm_groups={norm_groups}, got {width!r}')
+        if not isinstance(num_stages, int) or num_stages < 1:
+            raise ValueError(f'num_stages must be a positive integer, got {num_stages!r}')
+        if stem_stride not in (1, 2):
+            raise ValueError(f'stem_stride must be 1 or 2, got {stem_stride!r}')
+        dd = dict(device=device, dtype=dtype)
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.min_input_size = MIN_INPUT_SIZE
+        self.grad_checkpointing = False
+
+        self.stem = nn.Sequential()
+        self.stem.add_module('conv', nn.Conv2d(in_chans, width, 3, stride=stem_stride, padding=1, bias=False, **dd))
+        self.stem.add_module('norm', nn.BatchNorm2d(width, **dd))
+        self.stem.add_module('act', nn.ReLU(inplace=True))
+        self.feature_info = [dict(num_chs=width, reduction=stem_stride, module='stem')]
+
+        stages = []
+        in_chs, reduction = width, stem_stride
+        for stage_index in range(num_stages):
+            out_chs = width * 2 ** stage_index
+            stride = 1 if stage_index == 0 else 2
+            reduction *= stride
+            block = ImplicitBlock(out_chs, norm_groups, **dd)
+            implicit = implicit_layer(block, stage_index=stage_index, device=device)
+            stages.append(ImplicitStage(in_chs, out_chs, stride, implicit, **dd))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_index}'))
+            in_chs = out_chs
+        self.stages = nn.Sequential(*stages)
+
+        self.num_features = self.head_hidden_size = in_chs
+        self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+        self.head_hidden_size = self.head.num_features
+
+    def implicit_layers(self) -> List[nn.Module]:
+        return [stage.implicit for stage in self.stages]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)')
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint each unrolled iteration, so training memory stops growing with depth."""
+        self.grad_checkpointing = enable
+        for layer in self.implicit_layers():
+            layer.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return set()
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **get_device_dtype(self))
+        self.head_hidden_size = self.head.num_features
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features after the stem (index 0) and after each stage's iteration (1..num_stages)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        check_input(x, self.in_chans, self.min_input_size)
+        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        intermediates: List[torch.Tensor] = []
+        x = self.stem(x)
+        if 0 in take_indices:
+            intermediates.append(x)
+        num_run = max_index if stop_early else len(self.stages)
+        for stage_index, stage in enumerate(self.stages):
+            if stage_index >= num_run:
+                break
+            x = stage(x)
+            if stage_index + 1 in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the stages after the last wanted feature; the head goes too when features end early."""
+        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        prune_end = max_index < len(self.stages)
+        self.stages = self.stages[:max_index]
+        if prune_end:
+            self.num_features = self.feature_info[max_index]['num_chs']
+        if prune_head or prune_end:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.in_chans, self.min_input_size)
+        x = self.stem(x)
+        return self.stages(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(dataset: str = 'c10', **kwargs) -> Dict[str, Any]:
+    """Pretrained cfg for a CIFAR-10 (``c10``) or Fashion-MNIST (``fmnist``) checkpoint."""
+    if dataset == 'c10':
+        data = dict(num_classes=10, input_size=(3, 32, 32), min_input_size=(3, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+                    mean=CIFAR10_MEAN, std=CIFAR10_STD)
+    elif dataset == 'fmnist':
+        data = dict(num_classes=10, input_size=(1, 28, 28), min_input_size=(1, MIN_INPUT_SIZE, MIN_INPUT_SIZE),
+                    mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
+    else:
+        raise ValueError(f"dataset must be 'c10' or 'fmnist', got {dataset!r}")
+    return dict(
+        url='', crop_pct=1.0, crop_mode='center', interpolation='bilinear', fixed_input_size=False,
+        first_conv='stem.conv', classifier='head.fc', license='apache-2.0', **data, **kwargs,
+    )
+
+
+def _pool_size(size: str, input_px: int) -> Tuple[int, int]:
+    arch = MODEL_SIZES[size]
+    reduction = arch['stem_stride'] * 2 ** (arch['num_stages'] - 1)
+    side = -(-input_px // reduction)
+    return side, side
+
+
+def family_default_cfgs(family: str, hub_ids: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """``default_cfgs`` for one family: every size with a ``.c10`` and an ``.fmnist`` tag.
+
+    ``hub_ids`` maps ``'arch.tag'`` to the Hub repository of a published checkpoint.
+    """
+    hub_ids = hub_ids or {}
+    cfgs = {}
+    for size in MODEL_SIZES:
+        for tag, input_px in (('c10', 32), ('fmnist', 28)):
+            name = f'{family}_resnet_{size}.{tag}'
+            extra = dict(hf_hub_id=hub_ids[name]) if name in hub_ids else {}
+            cfgs[name] = _cfg(tag, pool_size=_pool_size(size, input_px), **extra)
+    return generate_default_cfgs(cfgs)
+
+
+def create_implicit_resnet(model_cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build through timm, with the size of ``variant`` as defaults the caller's kwargs override."""
+    size = variant.rsplit('_', 1)[-1]
+    model_args = dict(MODEL_SIZES[size])
+    if not model_cls.unrolled:
+        model_args.pop('depth')
+    model_args.update(kwargs)
+    return build_model_with_cfg(
+        model_cls, variant, pretrained,
+        feature_cfg=dict(feature_cls='getter', flatten_sequential=True, out_indices=tuple(range(model_args['num_stages'] + 1))),
+        **model_args,
+    )

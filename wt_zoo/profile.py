@@ -1,0 +1,186 @@
+"""Parameter and FLOP counts of zoo models, computed by fvcore.
+
+fvcore counts one multiply-add as one flop. Shared weights are counted once (masks are buffers,
+not parameters). Every unrolled iteration is counted, because fvcore traces the unrolled loop.
+For the sparse-mask family the effective count scales each masked conv by its mask's density;
+for the DEQ family the count is given per solver iteration and at an iteration count (by default
+the mean the solver used on a batch), since the solver's loop length depends on the data.
+
+    python -m wt_zoo.profile [MODEL ...] [--json]
+"""
+import argparse
+import copy
+import fnmatch
+import json
+import sys
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+from fvcore.nn import FlopCountAnalysis, parameter_count
+
+__all__ = ['profile_model', 'profile_models', 'format_table', 'main']
+
+HEADER = 'FLOPs from fvcore, which counts one multiply-add as one flop; per image, at the default input size.'
+
+
+def _flops(module: nn.Module, inputs) -> FlopCountAnalysis:
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return analysis
+
+
+class _Passthrough(nn.Module):
+    """Stands in for an implicit layer to count everything outside the iteration."""
+
+    def forward(self, x):
+        return x
+
+
+def _stage_inputs(model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
+    """The tensors each stage's implicit layer receives (its injected input)."""
+    captured: List[torch.Tensor] = []
+    hooks = [layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+             for layer in model.implicit_layers()]
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return captured
+
+
+def _block_flops(model: nn.Module, stage_inputs: Sequence[torch.Tensor]) -> List[Dict[str, float]]:
+    """Per stage, the FLOPs of one application of the shared block on one image: total and convs."""
+    out = []
+    for layer, x in zip(model.implicit_layers(), stage_inputs):
+        x = x[:1]
+        analysis = _flops(layer.block, (torch.zeros_like(x), x))
+        out.append(dict(total=float(analysis.total()), conv=float(analysis.by_operator().get('conv', 0))))
+    return out
+
+
+def profile_model(model: nn.Module, input_size: Optional[Sequence[int]] = None, deq_iterations: Optional[float] = None,
+                  images: Optional[torch.Tensor] = None) -> Dict[str, object]:
+    """One row of the profile table for ``model`` (a zoo model).
+
+    ``images`` is the batch on which a DEQ's solver iterations are measured (when
+    ``deq_iterations`` is not given); by default a seeded random batch.
+    """
+    model = model.eval()
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    input_size = tuple(input_size or cfg.get('input_size') or (model.in_chans, 32, 32))
+    device = next(model.parameters()).device
+    example = torch.randn((1, *input_size), generator=torch.Generator().manual_seed(0)).to(device)
+    row: Dict[str, object] = dict(
+        model=cfg.get('architecture', type(model).__name__), input_size='x'.join(str(s) for s in input_size),
+        params=int(parameter_count(model)['']),
+    )
+    stage_inputs = _stage_inputs(model, example)
+    blocks = _block_flops(model, stage_inputs)
+    if getattr(model, 'unrolled', True):
+        total = float(_flops(model, example).total())
+        row['gflops'] = total / 1e9
+        masks = [layer.masks for layer in model.implicit_layers()]
+        if any(m is not None for m in masks):
+            saved = 0.0
+            for layer_masks, block in zip(masks, blocks):
+                for iteration in range(layer_masks.depth):
+                    density = float(torch.stack([layer_masks.mask(i, iteration).float().mean()
+                                                 for i in range(len(layer_masks.numels))]).mean())
+                    saved += block['conv'] * (1.0 - density)
+            row['effective_gflops'] = (total - saved) / 1e9
+        return row
+
+    outside_model = copy.deepcopy(model)
+    for stage in outside_model.stages:
+        stage.implicit = _Passthrough()
+    outside = float(_flops(outside_model, example).total())
+    per_iteration = sum(block['total'] for block in blocks)
+    if deq_iterations is None:
+        if images is None:
+            images = torch.randn((64, *input_size), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model(images.to(device))
+        stage_iterations = [stats['nstep'] for stats in model.solver_stats.values()]
+        source = 'measured'
+    else:
+        stage_iterations = [float(deq_iterations)] * len(blocks)
+        source = 'given'
+    row['gflops_per_iteration'] = per_iteration / 1e9
+    row['deq_iterations'] = sum(stage_iterations) / len(stage_iterations)
+    row['deq_iterations_source'] = source
+    row['gflops'] = (outside + sum(n * b['total'] for n, b in zip(stage_iterations, blocks))) / 1e9
+    return row
+
+
+def resolve_model_names(patterns: Iterable[str]) -> List[str]:
+    """Zoo model names matching the given names or wildcards (all zoo models for none)."""
+    from . import list_zoo_models
+    available = list_zoo_models()
+    patterns = list(patterns) or ['*']
+    names: List[str] = []
+    for pattern in patterns:
+        matched = [n for n in available if fnmatch.fnmatch(n, pattern.split('.')[0])]
+        if not matched:
+            raise ValueError(f'no zoo model matches {pattern!r}; available: {", ".join(available)}')
+        names.extend(n for n in matched if n not in names)
+    return names
+
+
+def profile_models(patterns: Iterable[str] = (), deq_iterations: Optional[float] = None,
+                   images: Optional[torch.Tensor] = None) -> List[Dict[str, object]]:
+    """The profile table as a list of rows, one per matching zoo model."""
+    import timm
+    rows = []
+    for name in resolve_model_names(patterns):
+        torch.manual_seed(0)
+        rows.append(profile_model(timm.create_model(name), deq_iterations=deq_iterations, images=images))
+    return rows
+
+
+COLUMNS = (
+    ('model', 'model', '{}'), ('input_size', 'input', '{}'), ('params', 'params (M)', None),
+    ('gflops', 'GFLOPs', '{:.4f}'), ('effective_gflops', 'effective GFLOPs (masked)', '{:.4f}'),
+    ('gflops_per_iteration', 'GFLOPs / solver iteration', '{:.4f}'), ('deq_iterations', 'solver iterations', '{:.1f}'),
+)
+
+
+def format_table(rows: Sequence[Dict[str, object]]) -> str:
+    """Markdown table of profile rows, with fvcore's flop convention in the header line."""
+    lines = [HEADER, '', '| ' + ' | '.join(title for _, title, _ in COLUMNS) + ' |',
+             '|' + '---|' * len(COLUMNS)]
+    for row in rows:
+        cells = []
+        for key, _, fmt in COLUMNS:
+            value = row.get(key)
+            if value is None:
+                cells.append('')
+            elif key == 'params':
+                cells.append(f'{value / 1e6:.3f}')
+            else:
+                cells.append(fmt.format(value))
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog='python -m wt_zoo.profile', description=__doc__.split('\n\n')[0])
+    parser.add_argument('models', nargs='*', help='model names or wildcards (default: every zoo model)')
+    parser.add_argument('--json', action='store_true', help='print JSON rows instead of a table')
+    parser.add_argument('--deq-iterations', type=float, default=None,
+                        help='count DEQ FLOPs at this many solver iterations (default: measured on a batch)')
+    args = parser.parse_args(argv)
+    import wt_zoo  # noqa: F401  (registers the models)
+    try:
+        rows = profile_models(args.models, deq_iterations=args.deq_iterations)
+    except ValueError as err:
+        parser.error(str(err))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
