@@ -62,12 +62,30 @@ def _block_flops(model: nn.Module, stage_inputs: Sequence[torch.Tensor]) -> List
     return out
 
 
+_CFG_DATASETS = {'c10': 'cifar10', 'fmnist': 'fashion_mnist'}
+
+
+def real_batch(pretrained_cfg: Dict[str, object], count: int = 64) -> Optional[torch.Tensor]:
+    """The first ``count`` test images of the cfg's dataset, normalised as the cfg says; None if absent."""
+    from .data import DatasetNotFoundError, load_image_arrays
+    dataset = _CFG_DATASETS.get(pretrained_cfg.get('tag') or '', 'cifar10')
+    try:
+        arrays = load_image_arrays(dataset, 'test')
+    except DatasetNotFoundError:
+        return None
+    images = torch.from_numpy(arrays.images[:count]).permute(0, 3, 1, 2).float().div(255)
+    mean = torch.tensor(pretrained_cfg['mean']).view(1, -1, 1, 1)
+    std = torch.tensor(pretrained_cfg['std']).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
 def profile_model(model: nn.Module, input_size: Optional[Sequence[int]] = None, deq_iterations: Optional[float] = None,
                   images: Optional[torch.Tensor] = None) -> Dict[str, object]:
     """One row of the profile table for ``model`` (a zoo model).
 
     ``images`` is the batch on which a DEQ's solver iterations are measured (when
-    ``deq_iterations`` is not given); by default a seeded random batch.
+    ``deq_iterations`` is not given); by default 64 test images of the cfg's dataset, or a
+    seeded random batch where that dataset is not on this machine.
     """
     model = model.eval()
     cfg = getattr(model, 'pretrained_cfg', None) or {}
@@ -100,12 +118,16 @@ def profile_model(model: nn.Module, input_size: Optional[Sequence[int]] = None, 
     outside = float(_flops(outside_model, example).total())
     per_iteration = sum(block['total'] for block in blocks)
     if deq_iterations is None:
+        source = 'measured on the given batch'
+        if images is None and cfg.get('mean') and len(cfg['mean']) == input_size[0] and cfg['input_size'] == input_size:
+            images = real_batch(cfg)
+            source = 'measured on 64 test images'
         if images is None:
             images = torch.randn((64, *input_size), generator=torch.Generator().manual_seed(0))
+            source = 'measured on a random batch (dataset not found)'
         with torch.no_grad():
             model(images.to(device))
         stage_iterations = [stats['nstep'] for stats in model.solver_stats.values()]
-        source = 'measured'
     else:
         stage_iterations = [float(deq_iterations)] * len(blocks)
         source = 'given'
