@@ -28,6 +28,13 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m 'not slow' --deselect tests/test_timm_suite.py
 
+# Offline: seed a project-local Hugging Face cache from hub_configs/, verify, load every published tag.
+HF_CACHE ?= .cache/hf-hub
+demo: install
+	$(PY) -m wt_zoo.hub install-cache --cache-dir $(HF_CACHE)
+	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub verify
+	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub demo
+
 profile: install
 	$(PY) -m wt_zoo.profile
 

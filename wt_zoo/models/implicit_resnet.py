@@ -17,6 +17,8 @@ from timm.layers import ClassifierHead, get_device_dtype, register_notrace_funct
 from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
+from ..hub_ids import published_hub_ids
+
 __all__ = [
     'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'ImplicitResNet', 'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD',
     'family_default_cfgs', 'create_implicit_resnet',
@@ -294,9 +296,10 @@ def _pool_size(size: str, input_px: int) -> Tuple[int, int]:
 def family_default_cfgs(family: str, hub_ids: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
     """``default_cfgs`` for one family: every size with a ``.c10`` and an ``.fmnist`` tag.
 
-    ``hub_ids`` maps ``'arch.tag'`` to the Hub repository of a published checkpoint.
+    ``hub_ids`` maps ``'arch.tag'`` to the Hub repository of a published checkpoint; by default
+    every ``hub_configs/<arch>.<tag>/`` folder is published (see :mod:`wt_zoo.hub_ids`).
     """
-    hub_ids = hub_ids or {}
+    hub_ids = published_hub_ids() if hub_ids is None else hub_ids
     cfgs = {}
     for size in MODEL_SIZES:
         for tag, input_px in (('c10', 32), ('fmnist', 28)):

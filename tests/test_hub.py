@@ -1,0 +1,503 @@
+"""Hub folders end to end: export, card, verify, install-cache, offline loading through timm, push --dry-run.
+
+The checkpoints are made here (seeded random weights and results files in train.py's and
+validate.py's formats), exported into a temporary hub_configs, installed into a temporary
+Hugging Face cache, and loaded by subprocesses that see them the way a user would: WT_ZOO_HUB_CONFIGS
+publishes the folders, HF_HUB_OFFLINE=1 and HF_HUB_CACHE point huggingface_hub at the cache.
+"""
+import csv
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+from huggingface_hub.utils.sha import git_hash
+from safetensors.torch import load_file, save_file
+
+import wt_zoo
+from wt_zoo import hub
+from wt_zoo.cards import HubFolderError
+from wt_zoo.hub_ids import HUB_CONFIGS_ENV, REPO_HUB_CONFIGS, published_hub_ids
+
+REPO = Path(__file__).resolve().parents[1]
+# One tag per family, both datasets; the sparse-mask one with non-default masks (mask_seed).
+TAGS = {'wt_resnet_tiny.c10': {}, 'wtsm_resnet_tiny.fmnist': {'mask_seed': 7}, 'deq_resnet_tiny.c10': {}}
+EPOCH_SECONDS = (1200.0, 1200.5, 1322.5)  # 3723 s: "1 h 02 min"
+
+
+def make_run(root: Path, name: str, seed: int = 0, hardware='CPU, 2 cores (test)', weights_from: str = '',
+             **model_kwargs) -> Path:
+    """A train.py output folder (args.yaml, summary.csv, model.safetensors) and validate.py results.json."""
+    arch, tag = name.split('.')
+    run = root / f'run-{name}-{seed}'
+    run.mkdir(parents=True)
+    model = timm.create_model(weights_from or name, **model_kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    weights = {k: torch.randn(v.shape, generator=gen) if v.is_floating_point() else v.clone()
+               for k, v in model.state_dict().items()}
+    save_file(weights, run / 'model.safetensors')
+    dataset = 'cifar10' if tag == 'c10' else 'fashion_mnist'
+    args = dict(model=arch, dataset=dataset, epochs=3, batch_size=128, opt='sgd', lr=0.15, momentum=0.9,
+                weight_decay=5e-4, sched='onecycle', smoothing=0.1, seed=seed, model_kwargs=model_kwargs,
+                num_classes=None, device=None, val_split_size=5000)
+    if hardware:
+        args['hardware'] = hardware
+    (run / 'args.yaml').write_text(yaml.safe_dump(args, sort_keys=True))
+    rows = [dict(epoch=e, train_loss=2.0 - 0.25 * e, train_top1=30.0 + e, eval_loss=1.8 - 0.25 * e,
+                 eval_top1=40.0 + 5 * e, eval_top5=80.0 + e, lr=0.1, epoch_seconds=s, images_per_s=400.0 + e,
+                 peak_memory_mb=900.0, world_size=1) for e, s in enumerate(EPOCH_SECONDS)]
+    with open(run / 'summary.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    cfg = model.pretrained_cfg
+    results = [dict(model=name, checkpoint=str(run / 'model.safetensors'), top1=71.2345, top5=97.5, loss=0.912345,
+                    images_per_s=974.25, params=sum(p.numel() for p in model.parameters()), gflops=0.0888,
+                    dataset=dataset, split='test', samples=10000, device='cpu',
+                    input_size='x'.join(str(s) for s in cfg['input_size']), batch_size=256, amp=False)]
+    if arch.startswith('deq'):
+        results[0]['deq_iterations'] = 11.5
+    (run / 'results.json').write_text(json.dumps(results, indent=2))
+    return run
+
+
+@pytest.fixture(scope='module')
+def published(tmp_path_factory):
+    """Runs for TAGS exported into a temporary hub_configs: {'hub_configs': dir, 'runs': {name: run_dir}}."""
+    root = tmp_path_factory.mktemp('hub')
+    hub_configs = root / 'hub_configs'
+    runs = {}
+    for seed, (name, kwargs) in enumerate(TAGS.items()):
+        runs[name] = make_run(root / 'runs', name, seed=seed, **kwargs)
+        assert hub.main(['export', str(runs[name]), str(runs[name] / 'results.json'),
+                         '--hub-configs', str(hub_configs)]) == 0
+    return dict(root=root, hub_configs=hub_configs, runs=runs)
+
+
+@pytest.fixture(scope='module')
+def seeded_cache(published):
+    cache = published['root'] / 'hf-cache'
+    hub.install_cache(cache_dir=cache, hub_configs=published['hub_configs'])
+    return cache
+
+
+def copy_folder(published, name, tmp_path) -> Path:
+    dst = tmp_path / 'hub_configs' / name
+    shutil.copytree(published['hub_configs'] / name, dst)
+    return dst
+
+
+def offline_env(cache: Path, hub_configs=None) -> dict:
+    """A user's offline environment: weights only from ``cache``; ``hub_configs`` published (None: the repo's)."""
+    env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), PYTHONWARNINGS='ignore')
+    env.pop('HF_HOME', None)
+    env.pop(HUB_CONFIGS_ENV, None)
+    if hub_configs is not None:
+        env[HUB_CONFIGS_ENV] = str(hub_configs)
+    return env
+
+
+REPO_TAGS = sorted(p.name for p in REPO_HUB_CONFIGS.glob('*.*') if (p / 'config.json').is_file())
+
+
+@pytest.fixture(scope='module')
+def repo_cache(tmp_path_factory):
+    """The repository's own published folders, installed by `install-cache` into a fresh cache (None: none yet).
+
+    Kept apart from the test-made folders: a real tag may share a name with one of TAGS.
+    """
+    if not REPO_TAGS:
+        return None
+    cache = tmp_path_factory.mktemp('repo-hf-cache')
+    env = dict(os.environ)
+    env.pop(HUB_CONFIGS_ENV, None)
+    result = subprocess.run([sys.executable, '-m', 'wt_zoo.hub', 'install-cache', '--cache-dir', str(cache)], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return cache
+
+
+# ----------------------------------------------------------------------------------------------
+# export and the card
+
+
+def test_export_writes_save_for_hf_folder_with_manifest(published):
+    for name, kwargs in TAGS.items():
+        folder = published['hub_configs'] / name
+        assert sorted(p.name for p in folder.iterdir()) == sorted(hub.HUB_FILES)
+        config = json.loads((folder / 'config.json').read_text())
+        assert {'architecture', 'num_classes', 'num_features', 'global_pool', 'model_args',
+                'pretrained_cfg'} <= set(config)
+        assert config['architecture'] == name.split('.')[0] and config['num_classes'] == 10
+        registered = timm.get_pretrained_cfg(name).to_dict()
+        assert config['pretrained_cfg']['input_size'] == list(registered['input_size'])
+        assert config['pretrained_cfg']['mean'] == list(registered['mean'])
+        for key, value in kwargs.items():
+            assert config['model_args'][key] == value
+        exported = load_file(folder / 'model.safetensors')
+        trained = load_file(published['runs'][name] / 'model.safetensors')
+        assert exported.keys() == trained.keys()
+        assert all(torch.equal(exported[k], trained[k]) and exported[k].dtype == trained[k].dtype for k in trained)
+        sums = dict(reversed(line.split('  ')) for line in (folder / 'SHA256SUMS').read_text().splitlines())
+        assert sums == {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                        for p in folder.iterdir() if p.name != 'SHA256SUMS'}
+        assert hub.verify_folder(folder, check_registration=False) == []
+    # train.py's args are kept verbatim, the validate.py row as JSON
+    kept = published['hub_configs'] / 'wt_resnet_tiny.c10' / 'train_args.yaml'
+    assert kept.read_text() == (published['runs']['wt_resnet_tiny.c10'] / 'args.yaml').read_text()
+
+
+def test_card_figures_come_from_the_results_files(published):
+    for name in TAGS:
+        folder = published['hub_configs'] / name
+        card = (folder / 'README.md').read_text()
+        _, front, body = card.split('---\n', 2)
+        meta = yaml.safe_load(front)
+        result = json.loads((folder / 'validation_results.json').read_text())[0]
+        assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
+        assert {'image-classification', 'timm'} <= set(meta['tags'])
+        assert meta['datasets'] == (['uoft-cs/cifar10'] if name.endswith('c10') else ['zalando-datasets/fashion_mnist'])
+        metrics = meta['model-index'][0]['results'][0]['metrics']
+        assert meta['model-index'][0]['name'] == name
+        assert [m['value'] for m in metrics] == [result['top1'], result['top5']]
+        row = f"| {result['top1']:.2f} | {result['top5']:.2f} | {result['loss']:.4f} | {result['params'] / 1e6:.3f} | " \
+              f"{result['gflops']:.4f} | {result['images_per_s']:,.0f} |"
+        assert row in body
+        assert f"{result['params']:,}" in body
+        assert 'Hardware: CPU, 2 cores (test).' in body
+        assert 'wall time 1 h 02 min' in body  # sum of summary.csv's epoch_seconds
+        assert 'evaluation top-1 50.00 %' in body  # the last summary row
+        assert ('JPEG' in body) == name.endswith('.c10')
+        usage = body[body.index('## Usage'):]
+        assert usage.index('import wt_zoo') < usage.index(f"timm.create_model('{name}', pretrained=True)")
+        assert f"hf-hub:wt-zoo/{name}" in usage
+        assert '2307.08013' in body and '@article{' in body
+    deq = (published['hub_configs'] / 'deq_resnet_tiny.c10' / 'README.md').read_text()
+    assert "f_solver=anderson" in deq and '11.5 iterations per stage' in deq
+    wtsm = (published['hub_configs'] / 'wtsm_resnet_tiny.fmnist' / 'README.md').read_text()
+    assert 'unstructured masks at density 0.5' in wtsm
+
+
+def test_export_refuses_inconsistent_inputs(published, tmp_path):
+    out = tmp_path / 'hub_configs'
+    other = make_run(tmp_path, 'wt_resnet_tiny.c10', seed=3, hardware=None)
+    with pytest.raises(HubFolderError, match=r'records no hardware.*--hardware'):
+        hub.export_checkpoint(other, other / 'results.json', hub_configs=out)
+    # results of another model: the parameter count gives it away
+    small = make_run(tmp_path, 'wt_resnet_small.c10', seed=4)
+    with pytest.raises(HubFolderError, match=r'results\.json: params \d+, but wt_resnet_tiny\.c10 has'):
+        hub.export_checkpoint(other, small / 'results.json', hub_configs=out, hardware='CPU')
+    # a Fashion-MNIST run cannot become a .c10 checkpoint
+    fm = published['runs']['wtsm_resnet_tiny.fmnist']
+    with pytest.raises(HubFolderError, match=r"args\.yaml: the run trained on 'fashion_mnist', but tag 'c10' is "):
+        hub.export_checkpoint(fm, fm / 'results.json', name='wtsm_resnet_tiny.c10', hub_configs=out)
+    # weights of another architecture
+    misfit = make_run(tmp_path, 'wt_resnet_tiny.c10', seed=6, weights_from='wt_resnet_small')
+    with pytest.raises(HubFolderError) as err:
+        hub.export_checkpoint(misfit, misfit / 'results.json', hub_configs=out)
+    assert f'{misfit / "model.safetensors"} does not fit wt_resnet_tiny.c10: unexpected keys: stages.2.' in str(err.value)
+    assert 'shape mismatch: stem.conv.weight' not in str(err.value)
+    # same weights shapes, different iteration count: loading by name would not reproduce it
+    deep = make_run(tmp_path, 'wt_resnet_tiny.c10', seed=5, depth=6)
+    with pytest.raises(HubFolderError, match=r"build a different model than timm.create_model\('wt_resnet_tiny.c10'\)"):
+        hub.export_checkpoint(deep, deep / 'results.json', hub_configs=out)
+    with pytest.raises(HubFolderError, match="architecture 'foo_resnet' is not a registered zoo model"):
+        hub.export_checkpoint(other, other / 'results.json', name='foo_resnet.c10', hub_configs=out, hardware='CPU')
+    assert not out.exists() or list(out.iterdir()) == []  # nothing exported, no staging leftovers
+    run = published['runs']['wt_resnet_tiny.c10']
+    with pytest.raises(HubFolderError, match='exists; pass --overwrite'):
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=published['hub_configs'])
+    # --overwrite replaces the folder; export is deterministic, so the files come back byte for byte
+    before = copy_folder(published, 'wt_resnet_tiny.c10', tmp_path)
+    files = {p.name: p.read_bytes() for p in before.iterdir()}
+    (before / 'README.md').write_text('hand-written')
+    hub.export_checkpoint(run, run / 'results.json', hub_configs=before.parent, overwrite=True)
+    assert {p.name: p.read_bytes() for p in before.iterdir()} == files
+    assert [p.name for p in before.parent.iterdir()] == ['wt_resnet_tiny.c10']
+
+
+def test_export_reads_validate_csv_results_the_same(published, tmp_path):
+    run = published['runs']['wt_resnet_tiny.c10']
+    rows = json.loads((run / 'results.json').read_text())
+    other = dict(rows[0], model='wt_resnet_small.c10', params=1)  # a second model in the same file
+    with open(tmp_path / 'results.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows([other, rows[0]])
+    folder = hub.export_checkpoint(run, tmp_path / 'results.csv', hub_configs=tmp_path / 'hub_configs')
+    assert (folder / 'README.md').read_text() == (published['hub_configs'] / folder.name / 'README.md').read_text()
+    assert hub.verify_folder(folder, check_registration=False) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# bad folders: clear errors naming the file, nothing pickled ever loaded
+
+
+def test_truncated_or_missing_weights_are_named(published, tmp_path):
+    folder = copy_folder(published, 'wt_resnet_tiny.c10', tmp_path)
+    weights = folder / 'model.safetensors'
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    problems = '\n'.join(hub.verify_folder(folder, check_registration=False))
+    assert f'{weights}: not a complete safetensors file, it is truncated or corrupt' in problems
+    assert f'{weights}: sha256 ' in problems and 'does not match SHA256SUMS' in problems
+    with pytest.raises(HubFolderError, match='truncated or corrupt') as err:
+        hub.install_cache(cache_dir=tmp_path / 'cache', hub_configs=folder.parent)
+    assert str(weights) in str(err.value)
+    assert not (tmp_path / 'cache').exists()  # nothing installed
+    weights.unlink()
+    assert f'{weights}: missing' in hub.verify_folder(folder, check_registration=False)
+    with pytest.raises(HubFolderError, match=r'model\.safetensors: missing'):
+        hub.install_cache(cache_dir=tmp_path / 'cache', hub_configs=folder.parent)
+
+
+class _Tripwire:
+    """Unpickling this creates a file: proof that something loaded the pickle."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, 'w')
+
+
+def test_pickled_weights_are_refused_never_loaded(published, tmp_path, monkeypatch, capsys):
+    folder = copy_folder(published, 'wt_resnet_tiny.c10', tmp_path)
+    marker = tmp_path / 'pickle-was-loaded'
+    (folder / 'pytorch_model.bin').write_bytes(pickle.dumps(_Tripwire(marker)))
+    hub.write_manifest(folder)  # even when listed in the manifest
+    (folder / 'model.safetensors').unlink()  # and when timm would fall back to it
+    problems = hub.verify_folder(folder, check_registration=False)
+    assert any(p.startswith(f'{folder / "pytorch_model.bin"}: refused, a pickle-format file') for p in problems)
+    with pytest.raises(HubFolderError, match='refused, a pickle-format file'):
+        hub.install_cache(cache_dir=tmp_path / 'cache', hub_configs=folder.parent)
+    monkeypatch.setenv('HF_TOKEN', 'hf_not_a_real_token')
+    assert hub.main(['push', '--hub-configs', str(folder.parent)]) == 2
+    assert 'refused, a pickle-format file' in capsys.readouterr().err
+    assert not marker.exists()
+    with pytest.raises(HubFolderError, match='must be a .safetensors file'):
+        hub.load_weights(folder / 'pytorch_model.bin')
+
+
+def test_unknown_architecture_and_misfit_weights_are_named(published, tmp_path):
+    folder = copy_folder(published, 'wt_resnet_tiny.c10', tmp_path)
+    config_path = folder / 'config.json'
+    config = json.loads(config_path.read_text())
+    unknown = folder.parent / 'foo_resnet_tiny.c10'
+    folder.rename(unknown)
+    (unknown / 'config.json').write_text(json.dumps(dict(config, architecture='foo_resnet_tiny')))
+    hub.write_manifest(unknown)
+    problems = hub.verify_folder(unknown, check_registration=False)
+    assert problems == [f"{unknown / 'config.json'}: architecture 'foo_resnet_tiny' is not a registered zoo model "
+                        f"(zoo models: {', '.join(wt_zoo.list_zoo_models())})"]
+    unknown.rename(folder)
+    (folder / 'config.json').write_text(json.dumps(config))
+    # 1-channel weights in a 3-channel checkpoint
+    one_chan = make_run(tmp_path, 'wt_resnet_tiny.c10', seed=9, in_chans=1)
+    shutil.copyfile(one_chan / 'model.safetensors', folder / 'model.safetensors')
+    hub.write_manifest(folder)
+    problems = hub.verify_folder(folder, check_registration=False)
+    assert problems == [f'{folder / "model.safetensors"} does not fit wt_resnet_tiny: shape mismatch: '
+                        'stem.conv.weight (48, 1, 3, 3) in the file vs (48, 3, 3, 3) in the model']
+    # a key missing and an extra one
+    weights = load_file(folder / 'model.safetensors')
+    weights['stem.conv.weight'] = torch.zeros(48, 3, 3, 3)
+    weights['extra.weight'] = weights.pop('head.fc.bias')
+    save_file(weights, folder / 'model.safetensors')
+    hub.write_manifest(folder)
+    problems = '\n'.join(hub.verify_folder(folder, check_registration=False))
+    assert 'does not fit wt_resnet_tiny: missing keys: head.fc.bias' in problems
+    assert 'unexpected keys: extra.weight' in problems
+
+
+def test_edited_card_or_results_fail_verify(published, tmp_path):
+    folder = copy_folder(published, 'wt_resnet_tiny.c10', tmp_path)
+    card = folder / 'README.md'
+    card.write_text(card.read_text().replace('| 71.23 |', '| 75.00 |'))
+    problems = hub.verify_folder(folder, check_registration=False)
+    assert any(p.startswith(f'{card}: sha256 ') for p in problems)
+    hub.write_manifest(folder)
+    assert hub.verify_folder(folder, check_registration=False) == [
+        f'{card}: differs from the card its results files generate; cards are never edited by hand '
+        '(python -m wt_zoo.hub card wt_resnet_tiny.c10 regenerates it)']
+    assert hub.main(['card', 'wt_resnet_tiny.c10', '--hub-configs', str(folder.parent)]) == 0
+    assert hub.verify_folder(folder, check_registration=False) == []
+    assert card.read_text() == (published['hub_configs'] / 'wt_resnet_tiny.c10' / 'README.md').read_text()
+    # results edited: the card follows them, but only after the manifest is deliberately redone
+    results = folder / 'validation_results.json'
+    results.write_text(results.read_text().replace('71.2345', '72.5'))
+    with pytest.raises(HubFolderError, match=r'card not regenerated:\n.*validation_results\.json: sha256'):
+        hub.regenerate_card(folder)
+    hub.write_manifest(folder)
+    assert any(p.startswith(f'{card}: differs') for p in hub.verify_folder(folder, check_registration=False))
+    hub.regenerate_card(folder)
+    assert '| 72.50 |' in card.read_text() and hub.verify_folder(folder, check_registration=False) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# the Hugging Face cache
+
+
+def test_install_cache_builds_the_huggingface_cache_layout(published, seeded_cache):
+    info = scan_cache_dir(seeded_cache)
+    assert not info.warnings
+    repos = {repo.repo_id: repo for repo in info.repos}
+    assert set(repos) == {f'wt-zoo/{name}' for name in TAGS}
+    for name in TAGS:
+        folder = published['hub_configs'] / name
+        repo = repos[f'wt-zoo/{name}']
+        (revision,) = repo.revisions
+        assert revision.commit_hash == hub.cache_revision(folder) and len(revision.commit_hash) == 40
+        assert revision.refs == {'main'}
+        assert {f.file_name for f in revision.files} == set(hub.HUB_FILES)
+        for f in revision.files:
+            data = (folder / f.file_name).read_bytes()
+            expected_blob = hashlib.sha256(data).hexdigest() if f.file_name.endswith('.safetensors') else git_hash(data)
+            assert f.blob_path.name == expected_blob and f.blob_path.read_bytes() == data
+            assert f.file_path.is_symlink()
+        cached = try_to_load_from_cache(f'wt-zoo/{name}', 'model.safetensors', cache_dir=seeded_cache)
+        assert Path(cached).read_bytes() == (folder / 'model.safetensors').read_bytes()
+    # again: same revisions, nothing duplicated
+    hub.install_cache(cache_dir=seeded_cache, hub_configs=published['hub_configs'])
+    again = scan_cache_dir(seeded_cache)
+    assert again.size_on_disk == info.size_on_disk
+    assert {r.repo_id: {v.commit_hash for v in r.revisions} for r in again.repos} == \
+        {r.repo_id: {v.commit_hash for v in r.revisions} for r in info.repos}
+
+
+def test_hub_ids_follow_the_folders(published, tmp_path, monkeypatch):
+    monkeypatch.setenv(HUB_CONFIGS_ENV, str(published['hub_configs']))
+    assert published_hub_ids() == {name: f'wt-zoo/{name}' for name in TAGS}
+    (tmp_path / 'wt_resnet_small.c10').mkdir()  # no config.json: not published
+    monkeypatch.setenv(HUB_CONFIGS_ENV, os.pathsep.join([str(tmp_path), str(published['hub_configs'])]))
+    assert set(published_hub_ids()) == set(TAGS)
+
+
+CHILD = r'''
+import json, sys, torch, timm, wt_zoo
+from safetensors.torch import load_file
+from wt_zoo import hub
+runs, names, empty_cache = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+out = {'pretrained': timm.list_pretrained('*_resnet_tiny*'), 'verify': hub.main(['verify']),
+       'demo': hub.main(['demo'])}
+
+def same(model, ref):
+    sd = model.state_dict()
+    return sd.keys() == ref.keys() and all(torch.equal(sd[k], v) and sd[k].dtype == v.dtype for k, v in ref.items())
+
+for name in names:
+    ref = load_file(runs[name] + '/model.safetensors')
+    r = out[name] = {'hf_hub_id': timm.get_pretrained_cfg(name).hf_hub_id}
+    r['by_name'] = same(timm.create_model(name, pretrained=True), ref)
+    r['hf_hub'] = same(timm.create_model('hf-hub:wt-zoo/' + name, pretrained=True), ref)
+    for how in (name, 'hf-hub:wt-zoo/' + name):
+        m = timm.create_model(how, pretrained=True, in_chans=1, num_classes=5)
+        sd = m.state_dict()
+        stem = ref['stem.conv.weight']
+        expected_stem = stem if stem.shape[1] == 1 else stem.sum(1, keepdim=True)
+        r[how + ' overrides'] = dict(
+            stem=list(sd['stem.conv.weight'].shape), head=list(sd['head.fc.weight'].shape),
+            stem_adapted=bool(torch.allclose(sd['stem.conv.weight'], expected_stem)),
+            rest_identical=all(torch.equal(sd[k], v) for k, v in ref.items()
+                               if not k.startswith(('stem.conv', 'head.fc'))),
+            out=list(m.eval()(torch.randn(2, 1, 32, 32)).shape) if not name.startswith('deq') else [2, 5])
+try:
+    timm.create_model(names[0], pretrained=True, cache_dir=empty_cache)
+    out['empty_cache'] = 'loaded'
+except Exception as e:
+    out['empty_cache'] = type(e).__name__
+print('RESULT ' + json.dumps(out))
+'''
+
+
+def test_offline_pretrained_loading_by_name_and_hf_hub(published, seeded_cache, tmp_path):
+    env = offline_env(seeded_cache, published['hub_configs'])
+    runs = {name: str(run) for name, run in published['runs'].items()}
+    result = subprocess.run([sys.executable, '-c', CHILD, json.dumps(runs), json.dumps(list(TAGS)),
+                             str(tmp_path / 'empty-cache')], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = json.loads(result.stdout.split('RESULT ', 1)[1])
+    assert out['verify'] == 0 and out['demo'] == 0, result.stdout
+    for name in TAGS:
+        assert f'| {name} | 71.23 |' in result.stdout and f'{name}: ok' in result.stdout
+    assert set(TAGS) <= set(out['pretrained'])
+    for name in TAGS:
+        r = out[name]
+        assert r['hf_hub_id'] == f'wt-zoo/{name}'
+        assert r['by_name'] and r['hf_hub'], r  # bit-identical to the trained weights, both ways
+        for how in (name, f'hf-hub:wt-zoo/{name}'):
+            assert r[how + ' overrides'] == dict(stem=[48, 1, 3, 3], head=[5, 96], stem_adapted=True,
+                                                 rest_identical=True, out=[2, 5]), (how, r)
+    assert out['empty_cache'] == 'LocalEntryNotFoundError'
+
+
+def test_repository_hub_configs_verify_and_load_offline(repo_cache):
+    """What `make demo` runs: install-cache, then verify and demo (both ways of loading) with HF_HUB_OFFLINE=1."""
+    if repo_cache is None:
+        pytest.skip('no published checkpoints in hub_configs/ yet (they come with the checkpoints issue)')
+    for command in ('verify', 'demo'):
+        result = subprocess.run([sys.executable, '-m', 'wt_zoo.hub', command], env=offline_env(repo_cache),
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        assert all(f'{name}: ok' in result.stdout or f'| {name} |' in result.stdout for name in REPO_TAGS)
+
+
+# ----------------------------------------------------------------------------------------------
+# push
+
+
+def test_push_dry_run_lists_every_file_and_needs_no_token(published, monkeypatch, capsys):
+    monkeypatch.delenv('HF_TOKEN', raising=False)
+    assert hub.main(['push', '--dry-run', '--hub-configs', str(published['hub_configs'])]) == 0
+    out = capsys.readouterr().out
+    for name in TAGS:
+        assert f'wt-zoo/{name}: would upload {len(hub.HUB_FILES)} files from {published["hub_configs"] / name}' in out
+        for file in hub.HUB_FILES:
+            url = f'https://huggingface.co/wt-zoo/{name}/blob/main/{file}'
+            assert f'{published["hub_configs"] / name / file} -> {url}' in out
+    assert hub.main(['push', '--hub-configs', str(published['hub_configs'])]) == 2
+    assert 'HF_TOKEN' in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# timm's own pretrained tests, against the offline cache
+
+
+def run_timm_pretrained_tests(work: Path, env: dict, names) -> None:
+    """timm's two pretrained tests in a subprocess; each must have run and passed for every one of ``names``."""
+    env = dict(env, PYTHONPATH=os.pathsep.join([str(work), os.environ.get('PYTHONPATH', '')]))
+    env.pop('GITHUB_ACTIONS', None)  # timm defines the pretrained tests only off GitHub Actions
+    report = work / f'junit-{len(list(work.glob("junit-*")))}.xml'
+    result = subprocess.run(
+        [sys.executable, '-m', 'pytest', 'test_models.py', '-p', 'pretrained_plugin', '-q', '-p', 'no:cacheprovider',
+         '-W', 'ignore', '--rootdir', str(work), f'--junitxml={report}'],
+        cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    cases = {case.get('name'): [child.tag for child in case] for case in ET.parse(report).iter('testcase')}
+    for name in names:
+        for test in ('test_model_load_pretrained', 'test_model_features_pretrained'):
+            assert cases.get(f'{test}[1-{name}]') == [], (test, name, sorted(cases))  # ran, no failure/skip
+    assert len(cases) == 2 * len(names), sorted(cases)
+
+
+@pytest.mark.slow
+def test_timm_generic_pretrained_tests_pass_offline(published, seeded_cache, repo_cache, tmp_path):
+    from timm_sdist import fetch_timm_tests
+    tests_dir = fetch_timm_tests(REPO / '.cache' / 'timm-sdist')
+    work = tmp_path / 'timm_tests'
+    work.mkdir()
+    shutil.copy(tests_dir / 'test_models.py', work / 'test_models.py')
+    shutil.copy(REPO / 'tests' / 'timm_suite' / 'zoo_conftest.py', work / 'conftest.py')
+    shutil.copy(REPO / 'tests' / 'timm_suite' / 'pretrained_plugin.py', work / 'pretrained_plugin.py')
+    run_timm_pretrained_tests(work, offline_env(seeded_cache, published['hub_configs']), list(TAGS))
+    if repo_cache is not None:  # every tag the repository publishes, from a cache seeded by install-cache
+        run_timm_pretrained_tests(work, offline_env(repo_cache), REPO_TAGS)

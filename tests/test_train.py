@@ -1,0 +1,300 @@
+"""train.py end to end on small data: outputs, resume after a kill, atomic checkpoints, NaN stop,
+fine-tuning with one input channel, recipes, and two gloo ranks under torchrun."""
+import csv
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import train
+from wt_zoo import training as wt_training
+from conftest import REPO_ROOT
+
+# recipe columns that must match between runs; timings and memory legitimately differ
+TIMING_COLUMNS = {'epoch_seconds', 'images_per_s', 'eval_images_per_s', 'peak_memory_mb'}
+
+
+def read_summary(run_dir: Path):
+    with open(run_dir / 'summary.csv') as f:
+        return list(csv.DictReader(f))
+
+
+def fake_cifar_args(data_dir, out, name, *extra):
+    return ['--dataset', 'cifar10', '--data-dir', str(data_dir), '--output', str(out), '--experiment', name,
+            '--img-size', '16', '-b', '32', '--lr', '0.05', '--seed', '3', '--no-progress', *extra]
+
+
+def run_script(args, timeout=240, env=None, check=True):
+    proc = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f'{args[:3]} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}')
+    return proc
+
+
+@pytest.mark.slow
+def test_train_writes_summary_args_checkpoints_and_weights(fake_cifar10, tmp_path):
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'run', '--epochs', '2', '--val-split-size', '64',
+                               '--model-ema', '--model-ema-decay', '0.5'))
+    run = tmp_path / 'run'
+    rows = read_summary(run)
+    assert [r['epoch'] for r in rows] == ['0', '1']
+    for column in ('train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'epoch_seconds', 'images_per_s',
+                   'peak_memory_mb', 'ema_eval_top1'):
+        assert column in rows[0], column
+    # 320 training images less the 64 held out, in full batches of 32
+    assert rows[0]['train_samples'] == '256' and rows[0]['train_steps'] == '8' and rows[0]['world_size'] == '1'
+    assert float(rows[1]['images_per_s']) > 0 and float(rows[1]['peak_memory_mb']) > 0
+    assert float(rows[1]['eval_top1']) > 40, 'the learnable fake data is learnt within two epochs'
+
+    saved_args = yaml.safe_load((run / 'args.yaml').read_text())
+    assert saved_args['model'] == 'wt_resnet_tiny' and saved_args['input_size'] == [3, 16, 16]
+    assert saved_args['val_split_size'] == 64 and saved_args['seed'] == 3
+
+    last = torch.load(run / 'last.pth.tar', weights_only=True)
+    best = torch.load(run / 'best.pth.tar', weights_only=True)
+    assert last['epoch'] == 1 and {'optimizer', 'scheduler', 'state_dict_ema', 'history', 'args'} <= set(last)
+    assert [round(r['eval_top1'], 3) for r in last['history']] == [round(float(r['eval_top1']), 3) for r in rows]
+    # exported weights are the best epoch's EMA weights (EMA on: best is chosen by and exported from the EMA)
+    weights = load_file(str(run / 'model.safetensors'))
+    assert best['best']['ema'] is True
+    assert weights.keys() == best['state_dict_ema'].keys()
+    assert all(torch.equal(weights[k], best['state_dict_ema'][k]) for k in weights)
+    assert not list(run.glob('*.tmp')) and not list(run.glob('.export-*'))
+
+
+KILL_DURING_SECOND_EPOCH_SAVE = textwrap.dedent('''
+    import io, os, signal, sys, torch
+    real_save = torch.save
+    calls = []
+
+    def save_then_die(obj, f, *args, **kwargs):
+        """Epoch 0 writes last + best; epoch 1's last dies with half its bytes on disk."""
+        calls.append(1)
+        if len(calls) == 3:
+            buf = io.BytesIO()
+            real_save(obj, buf, *args, **kwargs)
+            f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = save_then_die
+    sys.argv = ['train.py'] + sys.argv[1:]
+    sys.path.insert(0, os.getcwd())
+    import train
+    sys.exit(train.main())
+''')
+
+
+@pytest.mark.slow
+def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(fake_cifar10, tmp_path):
+    recipe = ['--epochs', '2', '--train-subset', '128', '--eval-subset', '64', '--mixup', '0.2', '--smoothing', '0.1',
+              '--warmup-epochs', '1']
+    run_script(['train.py', *fake_cifar_args(fake_cifar10, tmp_path, 'straight', *recipe)])
+
+    killer = tmp_path / 'kill_during_save.py'
+    killer.write_text(KILL_DURING_SECOND_EPOCH_SAVE)
+    killed = run_script([str(killer), *fake_cifar_args(fake_cifar10, tmp_path, 'killed', *recipe)], check=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    run = tmp_path / 'killed'
+    partial = list(run.glob('.last.pth.tar.*.tmp'))
+    assert len(partial) == 1, 'the kill left a half-written temp file'
+    assert torch.load(run / 'last.pth.tar', weights_only=True)['epoch'] == 0, 'last.pth.tar is the intact epoch 0'
+    with pytest.raises(ValueError, match='temp file of an interrupted save'):
+        wt_training.find_checkpoint(partial[0])
+    assert wt_training.find_checkpoint(run) == run / 'last.pth.tar'
+
+    run_script(['train.py', *fake_cifar_args(fake_cifar10, tmp_path, 'killed', *recipe), '--resume', str(run)])
+    straight, resumed = read_summary(tmp_path / 'straight'), read_summary(run)
+    assert len(straight) == len(resumed) == 2
+    for a, b in zip(straight, resumed):
+        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == \
+               {k: v for k, v in b.items() if k not in TIMING_COLUMNS}
+    w_straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
+    w_resumed = load_file(str(run / 'model.safetensors'))
+    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+
+
+def test_atomic_save_failure_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / 'last.pth.tar'
+    wt_training.atomic_torch_save({'epoch': 0, 'w': torch.ones(3)}, path)
+
+    def broken_save(obj, f, *args, **kwargs):
+        f.write(b'PK\x03\x04 half a zip')
+        raise OSError('disk full')
+
+    monkeypatch.setattr(torch, 'save', broken_save)
+    with pytest.raises(OSError, match='disk full'):
+        wt_training.atomic_torch_save({'epoch': 1, 'w': torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)['epoch'] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['last.pth.tar']
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(fake_cifar10, tmp_path, monkeypatch):
+    real_create = wt_training.create_model_from_args
+    steps_per_epoch, bad_step = 4, 2
+
+    def diverging_model(args, **kwargs):
+        """The model's output turns NaN at the third training step of epoch 1, as after a blow-up."""
+        model = real_create(args, **kwargs)
+        forward, calls = model.forward, []
+
+        def forward_then_nan(x):
+            out = forward(x)
+            if model.training:
+                calls.append(1)
+                if len(calls) == steps_per_epoch + bad_step + 1:
+                    out = out * float('nan')
+            return out
+
+        model.forward = forward_then_nan
+        return model
+
+    monkeypatch.setattr(wt_training, 'create_model_from_args', diverging_model)
+    with pytest.raises(SystemExit) as stop:
+        train.main(fake_cifar_args(fake_cifar10, tmp_path, 'nan', '--epochs', '3', '--train-subset', '128',
+                                   '--eval-subset', '32'))
+    message = str(stop.value)
+    assert 'non-finite loss (nan) at epoch 1 step 2 (of 4 steps per epoch)' in message
+    assert 'last good checkpoint kept' in message and 'epoch 0' in message
+    run = tmp_path / 'nan'
+    assert torch.load(run / 'last.pth.tar', weights_only=True)['epoch'] == 0
+    assert [r['epoch'] for r in read_summary(run)] == ['0'] and not (run / 'model.safetensors').exists()
+
+
+@pytest.mark.slow
+def test_aux_loss_is_added_and_deq_solver_steps_are_logged(fake_cifar10, tmp_path, monkeypatch):
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'deq', '--model', 'deq_resnet_tiny', '--epochs', '1',
+                               '--train-subset', '64', '--eval-subset', '32', '--smoothing', '0',
+                               '--model-kwargs', 'f_max_iter=3', 'jac_reg_weight=0.1'))
+    row = read_summary(tmp_path / 'deq')[0]
+    assert 1 <= float(row['solver_nstep']) <= 3
+
+    real_create = wt_training.create_model_from_args
+
+    def with_big_aux(args, **kwargs):
+        model = real_create(args, **kwargs)
+        model.aux_loss = lambda: torch.tensor(100.)
+        return model
+
+    monkeypatch.setattr(wt_training, 'create_model_from_args', with_big_aux)
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'aux', '--epochs', '1', '--train-subset', '64',
+                               '--eval-subset', '32', '--smoothing', '0'))
+    assert 100 < float(read_summary(tmp_path / 'aux')[0]['train_loss']) < 110
+
+
+@pytest.mark.slow
+def test_finetune_cifar_weights_on_fashion_mnist_with_one_input_channel(fake_cifar10, fashion_mnist_dir, tmp_path):
+    import timm
+    source = timm.create_model('wt_resnet_tiny.c10')
+    source_dir = tmp_path / 'source'
+    source_dir.mkdir()
+    weights = wt_training.export_weights(source, source_dir)
+
+    # timm adapts the first conv (3 -> 1 channel: summed) and resets the head, as for --pretrained
+    args = train.parse_args(['--model', 'wt_resnet_tiny.c10', '--pretrained-path', str(weights), '--in-chans', '1',
+                             '--num-classes', '5'])
+    adapted = wt_training.create_model_from_args(args)
+    assert adapted.stem.conv.weight.shape[1] == 1 and adapted.num_classes == 5
+    torch.testing.assert_close(adapted.stem.conv.weight, source.stem.conv.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(adapted.stages[0].implicit.block.conv1.weight,
+                               source.stages[0].implicit.block.conv1.weight)
+
+    train.main(['--model', 'wt_resnet_tiny.c10', '--pretrained-path', str(weights), '--in-chans', '1',
+                '--dataset', 'fashion_mnist', '--data-dir', str(fashion_mnist_dir), '--output', str(tmp_path),
+                '--experiment', 'ft', '--train-subset', '512', '--eval-subset', '256', '--epochs', '2', '-b', '64',
+                '--lr', '0.05', '--img-size', '16', '--no-progress'])
+    rows = read_summary(tmp_path / 'ft')
+    assert float(rows[-1]['eval_top1']) > 40, 'Fashion-MNIST is learnt well above chance (10%) in two short epochs'
+    saved = yaml.safe_load((tmp_path / 'ft' / 'args.yaml').read_text())
+    assert saved['input_size'] == [1, 16, 16] and saved['num_classes'] == 10
+    assert load_file(str(tmp_path / 'ft' / 'model.safetensors'))['stem.conv.weight'].shape[1] == 1
+
+
+def test_config_yaml_sets_defaults_and_the_command_line_wins(tmp_path):
+    cfg = tmp_path / 'recipe.yaml'
+    cfg.write_text('model: wt_resnet_small\nlr: 0.3\nbatch_size: 64\nmodel_kwargs: {drop_rate: 0.1}\n')
+    args = train.parse_args(['--config', str(cfg), '--lr', '0.01', '--model-kwargs', 'norm_groups=4'])
+    assert (args.model, args.lr, args.batch_size) == ('wt_resnet_small', 0.01, 64)
+    assert args.model_kwargs == {'drop_rate': 0.1, 'norm_groups': 4}
+
+
+def test_config_with_unknown_key_names_it(tmp_path, capsys):
+    cfg = tmp_path / 'recipe.yaml'
+    cfg.write_text('lr: 0.3\nbatchsize: 64\n')
+    with pytest.raises(SystemExit):
+        train.parse_args(['--config', str(cfg)])
+    assert "unknown keys ['batchsize']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('recipe', sorted((REPO_ROOT / 'configs').glob('*.yaml')), ids=lambda p: p.name)
+def test_recipes_parse_and_name_registered_models(recipe):
+    import timm
+    import wt_zoo  # noqa: F401
+    args = train.parse_args(['--config', str(recipe)])
+    assert timm.is_model(args.model.split('.')[0]), f'{recipe.name}: unknown model {args.model}'
+    assert args.dataset in ('cifar10', 'fashion_mnist') and args.epochs > 0 and args.val_split_size
+    model = wt_training.create_model_from_args(args)
+    assert model.num_classes == 10
+
+
+def test_missing_dataset_is_a_clear_error_and_downloads_nothing(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        train.main(['--dataset', 'cifar10', '--data-dir', str(tmp_path), '--output', str(tmp_path / 'out'),
+                    '--epochs', '1'])
+    assert 'not found. Looked in' in str(stop.value) and '--dataset-download' in str(stop.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+DDP_KILL_AFTER_FIRST_EPOCH = textwrap.dedent('''
+    import os, signal, sys, torch
+    real_save, calls = torch.save, []
+
+    def save_then_die(obj, f, *args, **kwargs):
+        calls.append(1)
+        result = real_save(obj, f, *args, **kwargs)
+        if len(calls) == 2:  # rank 0 dies after epoch 0's last and best; torchrun then stops rank 1
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    torch.save = save_then_die
+    sys.argv = ['train.py'] + sys.argv[1:]
+    sys.path.insert(0, os.getcwd())
+    import train
+    sys.exit(train.main())
+''')
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_ranks_stay_in_sync_and_resume(fake_cifar10, tmp_path):
+    killer = tmp_path / 'ddp_kill.py'
+    killer.write_text(DDP_KILL_AFTER_FIRST_EPOCH)
+    common = fake_cifar_args(fake_cifar10, tmp_path, 'ddp', '--epochs', '2', '--train-subset', '128',
+                             '--eval-subset', '40', '--device', 'cpu')
+    launch = ['-m', 'torch.distributed.run', '--nproc_per_node', '2', '--standalone']
+    first = run_script([*launch, str(killer), *common], check=False)
+    assert first.returncode != 0
+    run = tmp_path / 'ddp'
+    killed_at = torch.load(run / 'last.pth.tar', weights_only=True)
+    assert killed_at['epoch'] == 0 and not (run / 'summary.csv').exists()  # died before writing the summary
+
+    run_script([*launch, 'train.py', *common, '--resume', str(run)])
+    rows = read_summary(run)
+    assert [r['epoch'] for r in rows] == ['0', '1']  # epoch 0's row comes back from the checkpoint's history
+    assert float(rows[0]['eval_top1']) == pytest.approx(killed_at['history'][0]['eval_top1'], abs=1e-4)
+    for row in rows:
+        # each rank takes half of the 128 images: 2 steps of 32 per rank, 128 images per epoch in all
+        assert row['world_size'] == '2' and row['train_steps'] == '2' and row['train_samples'] == '128'
+        assert float(row['rank_weight_max_diff']) == 0.0, 'parameters and buffers are identical on both ranks'
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith('.')) == [
+        'args.yaml', 'best.pth.tar', 'config.json', 'last.pth.tar', 'model.safetensors', 'summary.csv']

@@ -1,0 +1,43 @@
+"""Benchmarks of the zoo: weight-tied vs DEQ vs sparse masks, measured side by side (``python -m wt_zoo.bench``).
+
+Subcommands, one module each:
+
+- ``efficiency``  params, fvcore FLOPs, inference and training images/s, peak training memory (with and
+  without grad checkpointing), DEQ solver iterations; ratios to the dense WT twin; the performance bars.
+- ``stability``   WT and DEQ twins trained briefly over seeds and learning rates: divergence, accuracy
+  spread, DEQ solver iterations over training.
+- ``sweep``       depth x width x mask density (kind, mode) on one short CIFAR-10 recipe, with plots.
+- ``guidelines``  docs/guidelines.md written from the sweep's results.
+
+Each writes a results folder (CSV + JSON per table, README.md with tables and plots, run.json with the
+exact command, machine, date and git commit); see :mod:`wt_zoo.bench.common`.
+"""
+import argparse
+import sys
+from typing import Optional, Sequence
+
+__all__ = ['main', 'build_parser']
+
+SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import efficiency, guidelines, stability, sweep
+    parser = argparse.ArgumentParser(prog='python -m wt_zoo.bench', description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest='command', required=True, metavar='{' + ','.join(SUBCOMMANDS) + '}')
+    for name, module in (('efficiency', efficiency), ('stability', stability), ('sweep', sweep),
+                         ('guidelines', guidelines)):
+        doc = module.__doc__.strip()
+        sub = subparsers.add_parser(name, help=doc.split('\n')[0].split(': ', 1)[-1], description=doc,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(sub)
+        sub.set_defaults(module=module)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    import wt_zoo  # noqa: F401  registers the models with timm
+    return args.module.run(args, argv[1:])

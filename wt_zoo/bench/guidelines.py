@@ -1,0 +1,405 @@
+"""``guidelines``: write docs/guidelines.md from the measured sweep (and stability/efficiency when present).
+
+Every number in the document is read from the results folders, and every claim names the figure
+or table it rests on; rerun the generator after rerunning the sweep rather than editing the
+document. Comparisons are worded against a resolution: twice the seed-to-seed standard deviation
+of WT held-out accuracy measured by ``stability`` (at the learning rate nearest the sweep's), or
+an assumed 1 point when no stability results exist, which the document then says.
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..training import atomic_write_text
+from .common import Column, log, markdown_table, read_table
+from .sweep import pareto_front
+
+__all__ = ['add_arguments', 'run', 'generate', 'equal_flop_groups']
+
+ASSUMED_RESOLUTION = 1.0
+FLOP_MATCH = 0.15  # configurations whose effective FLOPs differ by at most 15% count as equal-FLOP
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--sweep-results', default='results/sweep', help='sweep results folder (default: %(default)s)')
+    parser.add_argument('--stability-results', default='results/stability',
+                        help='stability results folder, used when present (default: %(default)s)')
+    parser.add_argument('--efficiency-results', default='results/efficiency',
+                        help='efficiency results folder, used when present (default: %(default)s)')
+    parser.add_argument('--out', default='docs/guidelines.md', help='document to write (default: %(default)s)')
+
+
+def _load_optional(folder: Path, name: str) -> Optional[List[Dict[str, Any]]]:
+    try:
+        return read_table(folder, name)
+    except FileNotFoundError:
+        return None
+
+
+def _run_info(folder: Path) -> Dict[str, Any]:
+    path = folder / 'run.json'
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _pct(v: float) -> str:
+    return f'{v:.1f}%'
+
+
+def _pts(v: float) -> str:
+    return f'{v:+.1f} points'
+
+
+def _compare(delta: float, tol: float) -> str:
+    if abs(delta) < tol:
+        return f'no resolvable difference ({_pts(delta)}, resolution {tol:.1f})'
+    return f"{'better' if delta > 0 else 'worse'} by {abs(delta):.1f} points"
+
+
+def equal_flop_groups(rows: List[Dict[str, Any]], tolerance: float = FLOP_MATCH) -> List[List[Dict[str, Any]]]:
+    """Groups of configurations whose effective FLOPs exceed the group's cheapest by at most ``tolerance``."""
+    ordered = sorted(rows, key=lambda r: r['effective_gflops'])
+    groups: List[List[Dict[str, Any]]] = []
+    for row in ordered:
+        if groups and row['effective_gflops'] <= groups[-1][0]['effective_gflops'] * (1 + tolerance):
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return [g for g in groups if len(g) > 1]
+
+
+class _Figures:
+    """Numbered figures with paths relative to the document."""
+
+    def __init__(self, doc: Path):
+        self.doc = doc
+        self.items: List[Tuple[str, str, str]] = []  # (id, title, relative path)
+
+    def add(self, path: Path, title: str) -> Optional[str]:
+        if not path.is_file():
+            return None
+        fig_id = f'Figure {len(self.items) + 1}'
+        self.items.append((fig_id, title, os.path.relpath(path.resolve(), self.doc.parent.resolve())))
+        return fig_id
+
+    def ref(self, fig_id: Optional[str]) -> str:
+        if fig_id is None:
+            return '(figure missing)'
+        anchor = fig_id.lower().replace(' ', '-')
+        return f'([{fig_id}](#{anchor}))'
+
+    def markdown(self) -> str:
+        parts = []
+        for fig_id, title, rel in self.items:
+            parts.append(f'### {fig_id}\n\n{title}\n\n![{title}]({rel})')
+        return '\n\n'.join(parts)
+
+
+def _resolution(stability: Optional[List[Dict[str, Any]]], sweep_lr: Optional[float], link: str) -> Tuple[float, str]:
+    if stability:
+        wt = [r for r in stability if r.get('family') == 'wt' and r.get('top1_std') is not None and r.get('runs', 0) > 1]
+        if wt:
+            best = min(wt, key=lambda r: abs(r['lr'] - (sweep_lr or r['lr'])))
+            tol = max(2 * best['top1_std'], 0.1)
+            return tol, (f"twice the seed-to-seed standard deviation of WT held-out accuracy measured by the stability "
+                         f"benchmark at lr {best['lr']:g} ({best['runs']} seeds, std {best['top1_std']:.2f} points; "
+                         f"[stability results]({link}))")
+    return ASSUMED_RESOLUTION, (f'an assumed {ASSUMED_RESOLUTION:.1f} point: seed noise was not measured (run '
+                                '`python -m wt_zoo.bench stability`, then regenerate)')
+
+
+def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
+             efficiency_dir: Optional[Path] = None) -> str:
+    """The guidelines document as markdown, from the results folders."""
+    rows_all = read_table(sweep_dir, 'sweep')
+    rows = [r for r in rows_all if r.get('status') == 'ok' and r.get('held_out_top1') is not None]
+    if not rows:
+        raise ValueError(f'{sweep_dir}/sweep.json holds no finished configuration')
+    sweep_run = _run_info(sweep_dir)
+    settings = sweep_run.get('settings', {})
+    stability = _load_optional(stability_dir, 'summary') if stability_dir else None
+    efficiency = _load_optional(efficiency_dir, 'efficiency') if efficiency_dir else None
+    bars = _load_optional(efficiency_dir, 'bars') if efficiency_dir else None
+    stab_rel = os.path.relpath((stability_dir / 'README.md').resolve(), out.parent.resolve()) if stability_dir else ''
+    tol, tol_source = _resolution(stability, settings.get('lr'), stab_rel)
+
+    figs = _Figures(out)
+    f_depth = figs.add(sweep_dir / 'sweep_depth.png', 'Dense WT: held-out accuracy vs depth, one line per width '
+                                                      '(equal parameters along each line).')
+    f_width = figs.add(sweep_dir / 'sweep_width.png', 'Dense WT: held-out accuracy vs width, one line per depth.')
+    f_density = figs.add(sweep_dir / 'sweep_density.png', 'Sparse masks: held-out accuracy vs mask density at fixed '
+                                                          'depth and width (equal parameters; density 1 is dense).')
+    f_params = figs.add(sweep_dir / 'sweep_params.png', 'Every configuration: accuracy vs parameters, with the '
+                                                        'best-at-or-below-budget front.')
+    f_flops = figs.add(sweep_dir / 'sweep_flops.png', 'Every configuration: accuracy vs effective FLOPs, with the '
+                                                      'best-at-or-below-budget front.')
+    f_stab_acc = figs.add(stability_dir / 'stability_accuracy.png', 'Stability: final held-out accuracy per seed and '
+                                                                    'learning rate, WT vs DEQ.') if stability else None
+    f_stab_deq = figs.add(stability_dir / 'stability_solver.png', 'Stability: DEQ solver iterations and residual '
+                                                                  'over training.') if stability else None
+
+    dense = [r for r in rows if r['family'] == 'wt']
+    masked = [r for r in rows if r['family'] == 'wtsm']
+    rel_sweep = os.path.relpath((sweep_dir / 'README.md').resolve(), out.parent.resolve())
+    table_ref = f'([sweep table]({rel_sweep}))'
+    out_lines: List[str] = []
+    summary: List[str] = []
+
+    # --- parameter budget
+    budgets = sorted({r['params'] for r in rows})
+    budget_rows = []
+    for p in budgets:
+        at = max((r for r in rows if r['params'] == p), key=lambda r: r['held_out_top1'])
+        within = max((r for r in rows if r['params'] <= p), key=lambda r: r['held_out_top1'])
+        budget_rows.append(dict(params=p, width=at['width'], at=at['label'], at_top1=at['held_out_top1'],
+                                within=within['label'], within_top1=within['held_out_top1']))
+    widest_wins = sum(1 for b in budget_rows if b['within'] == b['at'])
+    section = ['## Choosing for a parameter budget',
+               f'Parameters are set by width alone (depth and masks add none). For each parameter count in the sweep, '
+               f'the best configuration at exactly that count and the best at or below it {figs.ref(f_params)}:',
+               markdown_table(budget_rows, [
+                   Column('params', 'params (M)', lambda v: f'{v / 1e6:.3f}'), Column('width', 'width'),
+                   Column('at', 'best at these parameters'), Column('at_top1', 'top-1', _pct),
+                   Column('within', 'best at or below'), Column('within_top1', 'top-1', _pct)])]
+    if widest_wins == len(budget_rows):
+        rule = ('spend a parameter budget on width first: at every budget, the best model within it uses the largest '
+                'width that fits')
+    else:
+        rule = (f'at {widest_wins} of {len(budget_rows)} parameter budgets the best model within the budget uses the '
+                'largest width that fits; at the others a narrower model is better (see the table)')
+    section.append(f'Rule: {rule} {figs.ref(f_params)}.')
+    summary.append(f'Parameter budget: {rule} {figs.ref(f_params)}.')
+    out_lines += section
+
+    # --- FLOP budget
+    front = pareto_front(rows, 'effective_gflops')
+    section = ['## Choosing for a FLOP budget',
+               'The configurations no cheaper configuration beats, by effective GFLOPs per image (fvcore, masked convs '
+               f'scaled by density). For a budget B, take the last row at or below B {figs.ref(f_flops)}:',
+               markdown_table(front, [
+                   Column('effective_gflops', 'effective GFLOPs', '{:.4f}'), Column('label', 'configuration'),
+                   Column('params', 'params (M)', lambda v: f'{v / 1e6:.3f}'),
+                   Column('held_out_top1', 'top-1', _pct)])]
+    masked_on_front = [r for r in front if r['family'] == 'wtsm']
+    if masked_on_front:
+        rule = (f"{len(masked_on_front)} of the {len(front)} best-per-FLOP configurations use sparse masks "
+                f"({', '.join(r['label'] for r in masked_on_front)})")
+    else:
+        rule = 'no sparse-mask configuration is on the accuracy-per-FLOP front: at equal effective FLOPs a dense WT model was at least as accurate'
+    section.append(f'{rule[0].upper() + rule[1:]} {figs.ref(f_flops)}.')
+    summary.append(f'FLOP budget: take the last row of the front at or below the budget; {rule} {figs.ref(f_flops)}.')
+    out_lines += section
+
+    # --- depth at equal parameters
+    section = ['## Depth (at equal parameters)',
+               'Depth adds iterations, not parameters: FLOPs grow linearly with it. Held-out top-1 by depth, per width '
+               f'{figs.ref(f_depth)}:']
+    depth_claims = []
+    saturations = []
+    for width in sorted({r['width'] for r in dense}):
+        line = sorted((r for r in dense if r['width'] == width), key=lambda r: r['depth'])
+        if len(line) < 2:
+            continue
+        best = max(line, key=lambda r: r['held_out_top1'])
+        enough = next(r for r in line if r['held_out_top1'] >= best['held_out_top1'] - tol)
+        saturations.append((width, enough['depth'], line[-1]['depth']))
+        steps = ', '.join(f"depth {a['depth']}→{b['depth']}: {_pts(b['held_out_top1'] - a['held_out_top1'])}"
+                          for a, b in zip(line, line[1:]))
+        depth_claims.append(f"- width {width}: {steps}; the smallest depth within the resolution of the best "
+                            f"({_pct(best['held_out_top1'])} at depth {best['depth']}) is **{enough['depth']}** "
+                            f"{figs.ref(f_depth)}.")
+    section += depth_claims
+    if saturations:
+        if all(s[1] == s[2] for s in saturations):
+            rule = ('every width still gained from its deepest setting: the largest depth tried is the choice, and '
+                    'deeper settings are untested')
+        else:
+            rule = ('beyond depth ' + ', '.join(f'{d} at width {w}' for w, d, _ in saturations) +
+                    ' more iterations bought no resolvable accuracy in this regime; choose the smallest such depth to '
+                    'save FLOPs')
+        section.append(f'Rule: {rule} {figs.ref(f_depth)}.')
+        summary.append(f'Depth: {rule} {figs.ref(f_depth)}.')
+    out_lines += section
+
+    # --- width
+    section = ['## Width', f'Held-out top-1 by width, per depth {figs.ref(f_width)}:']
+    for depth in sorted({r['depth'] for r in dense}):
+        line = sorted((r for r in dense if r['depth'] == depth), key=lambda r: r['width'])
+        if len(line) < 2:
+            continue
+        steps = ', '.join(f"width {a['width']}→{b['width']} ({a['params'] / 1e6:.2f}M→{b['params'] / 1e6:.2f}M params): "
+                          f"{_pts(b['held_out_top1'] - a['held_out_top1'])}" for a, b in zip(line, line[1:]))
+        section.append(f'- depth {depth}: {steps} {figs.ref(f_width)}.')
+    out_lines += section
+
+    # --- equal FLOPs
+    groups = equal_flop_groups(rows)
+    section = ['## At equal FLOPs: deeper and narrower, or shallower and wider?',
+               f'Configurations whose effective FLOPs differ by at most {100 * FLOP_MATCH:.0f}% '
+               f'{figs.ref(f_flops)}:']
+    deeper_wins = comparisons = 0
+    for group in groups:
+        group = sorted(group, key=lambda r: -r['held_out_top1'])
+        top = group[0]
+        members = '; '.join(f"{r['label']} ({r['effective_gflops']:.4f} GFLOPs, {r['params'] / 1e6:.2f}M params): "
+                            f"{_pct(r['held_out_top1'])}" for r in group)
+        verdicts = []
+        for other in group[1:]:
+            verdicts.append(f"{top['label']} vs {other['label']}: {_compare(top['held_out_top1'] - other['held_out_top1'], tol)}")
+        section.append(f'- {members}. {"; ".join(verdicts)} {figs.ref(f_flops)}.')
+        dense_group = [r for r in group if r['family'] == 'wt']
+        for i, a in enumerate(dense_group):
+            for b in dense_group[i + 1:]:
+                if a['depth'] != b['depth'] and abs(a['held_out_top1'] - b['held_out_top1']) >= tol:
+                    comparisons += 1
+                    deeper, shallower = (a, b) if a['depth'] > b['depth'] else (b, a)
+                    deeper_wins += deeper['held_out_top1'] > shallower['held_out_top1']
+    if not groups:
+        section.append('No two configurations of the sweep have matching FLOPs; add e.g. `--dense-extra 16x32` '
+                       '(16 x 32² = 4 x 64²).')
+    elif comparisons:
+        rule = (f'in {deeper_wins} of {comparisons} resolvable equal-FLOP comparisons between dense models the deeper, '
+                f'narrower one was more accurate')
+        section.append(f'Rule: {rule} {figs.ref(f_flops)}.')
+        summary.append(f'Equal FLOPs: {rule} {figs.ref(f_flops)}.')
+    else:
+        section.append(f'No equal-FLOP pair of dense models differs by more than the resolution {figs.ref(f_flops)}.')
+    out_lines += section
+
+    # --- sparsity
+    if masked:
+        section = ['## Sparse masks: density, kind and mode',
+                   f'At fixed depth and width (so at equal parameters), against the dense model of the same depth and '
+                   f'width {figs.ref(f_density)}:']
+        best_gains = []
+        for depth in sorted({r['depth'] for r in masked}):
+            width = next(r['width'] for r in masked if r['depth'] == depth)
+            base = next((r for r in dense if r['depth'] == depth and r['width'] == width), None)
+            line = sorted((r for r in masked if r['depth'] == depth and r['mask_kind'] == 'unstructured'
+                           and r['mask_mode'] == 'distinct'), key=lambda r: r['mask_density'])
+            if base is None:
+                continue
+            parts = [f"density {r['mask_density']:g}: {_pct(r['held_out_top1'])} "
+                     f"({_compare(r['held_out_top1'] - base['held_out_top1'], tol)}, "
+                     f"{r['effective_gflops'] / base['gflops']:.2f}x the FLOPs)" for r in line]
+            section.append(f"- depth {depth}, width {width}, dense {_pct(base['held_out_top1'])}: " + '; '.join(parts)
+                           + f' {figs.ref(f_density)}.')
+            if line:
+                best = max(line, key=lambda r: r['held_out_top1'])
+                best_gains.append((depth, best, best['held_out_top1'] - base['held_out_top1']))
+            for r in masked:
+                if r['depth'] == depth and (r['mask_kind'] != 'unstructured' or r['mask_mode'] != 'distinct'):
+                    ref = next((x for x in line if x['mask_density'] == r['mask_density']), None)
+                    if ref is not None:
+                        section.append(
+                            f"- depth {depth}, density {r['mask_density']:g}, {r['mask_kind']} {r['mask_mode']} masks: "
+                            f"{_pct(r['held_out_top1'])}, against unstructured distinct: "
+                            f"{_compare(r['held_out_top1'] - ref['held_out_top1'], tol)} {figs.ref(f_density)}.")
+        # equal effective FLOPs: a masked model against the dense model nearest in effective FLOPs
+        pairs = []
+        for r in masked:
+            candidates = [d for d in dense if max(d['effective_gflops'], r['effective_gflops'])
+                          <= (1 + FLOP_MATCH) * min(d['effective_gflops'], r['effective_gflops'])]
+            if candidates:
+                d = min(candidates, key=lambda d: abs(d['effective_gflops'] - r['effective_gflops']))
+                pairs.append(f"{r['label']} ({r['effective_gflops']:.4f} GFLOPs) vs dense {d['label']} "
+                             f"({d['effective_gflops']:.4f}): {_compare(r['held_out_top1'] - d['held_out_top1'], tol)}")
+        if pairs:
+            section.append(f'At equal effective FLOPs (at most {100 * FLOP_MATCH:.0f}% apart), masked against dense '
+                           f'{figs.ref(f_flops)}:\n\n' + '\n'.join(f'- {p}.' for p in pairs))
+        if best_gains:
+            rule = '; '.join(f"at depth {d} the best density tried is {b['mask_density']:g}, against dense at equal "
+                             f"parameters: {_compare(g, tol)}" for d, b, g in best_gains)
+            section.append(f'Rule: {rule} {figs.ref(f_density)}.')
+            summary.append(f'Sparsity: {rule} {figs.ref(f_density)}.')
+        out_lines += section
+
+    # --- cost and stability, when measured
+    if efficiency or bars:
+        section = ['## Cost of each choice (efficiency benchmark)']
+        eff_rel = os.path.relpath((efficiency_dir / 'README.md').resolve(), out.parent.resolve())
+        if efficiency:
+            cpu = [r for r in efficiency if r['device'] == 'cpu']
+            batches = sorted(int(k[len('infer_b'):-len('_img_s_vs_wt')]) for r in cpu for k in r
+                             if k.startswith('infer_b') and k.endswith('_img_s_vs_wt'))
+            key = f'infer_b{batches[-1]}_img_s_vs_wt' if batches else None
+            for r in cpu:
+                if r['family'] in ('wtsm', 'deq') and key and r.get(key):
+                    section.append(f"- {r['model']}: inference (batch {batches[-1]}) {r[key]:.2f}x, training "
+                                   f"{r.get('train_img_s_vs_wt', float('nan')):.2f}x the images/s of its dense WT twin; "
+                                   f"peak training memory {r.get('train_mem_mb_vs_wt', float('nan')):.2f}x "
+                                   f"([efficiency]({eff_rel})).")
+        if bars:
+            judged = [b for b in bars if b.get('passed') is not None]
+            passed = sum(bool(b['passed']) for b in judged)
+            summary.append(f'Cost: {passed} of {len(judged)} performance-bar checks pass on the efficiency run '
+                           f'([efficiency]({eff_rel})); see "Cost of each choice" below.')
+            for b in bars:
+                verdict = {True: 'pass', False: 'FAIL', None: 'n/a'}[b.get('passed')]
+                section.append(f"- bar {b['bar']}, {b['subject']}: {b['figure']} ({verdict}) ([efficiency]({eff_rel})).")
+        out_lines += section
+    if stability:
+        section = ['## Stability (WT vs DEQ twins)']
+        for r in stability:
+            text = f"- {r['model']}, lr {r['lr']:g}: {r['diverged']} of {r['runs']} runs diverged"
+            if r.get('top1_mean') is not None:
+                text += f"; held-out top-1 {r['top1_mean']:.1f} ± {r.get('top1_std', 0):.1f}"
+            if r.get('probe_nstep_start_mean') is not None:
+                text += (f"; DEQ solver iterations {r['probe_nstep_start_mean']:.1f} → {r['probe_nstep_end_mean']:.1f} "
+                         "over training")
+            section.append(text + f' {figs.ref(f_stab_acc)} ([stability]({stab_rel})).')
+        if f_stab_deq:
+            section.append(f'Solver iterations over training: {figs.ref(f_stab_deq)}.')
+        out_lines += section
+
+    epochs = settings.get('epochs')
+    train_subset = settings.get('train_subset')
+    header = [
+        '# Choosing depth, width and sparsity for weight-tied models',
+        f"<!-- generated by `python -m wt_zoo.bench guidelines` from {sweep_dir}; do not edit, regenerate -->",
+        f"Every number below is measured by the zoo's sweep {table_ref} and read from its results by "
+        '`python -m wt_zoo.bench guidelines`; every claim points at its figure.',
+        f"- sweep: `{sweep_run.get('command', '?')}`, {sweep_run.get('date', '?')}, commit "
+        f"`{sweep_run.get('git_commit', '?')}`, on {sweep_run.get('machine', {}).get('cpu_model', '?')}",
+        f'- regime: {epochs} epoch(s) on {train_subset} CIFAR-10 training images, accuracy on held-out training '
+        f"images, one training seed ({settings.get('seed', '?')}), architecture `{settings.get('size', '?')}`. "
+        'This is a short-budget regime: the ranking of choices can change with longer training.',
+        f'- resolution: differences under {tol:.1f} points are treated as no difference; that is {tol_source}.',
+        '## Summary',
+        '\n'.join(f'{i + 1}. {s}' for i, s in enumerate(summary)),
+    ]
+    all_cols = [Column('label', 'configuration'), Column('params', 'params (M)', lambda v: f'{v / 1e6:.3f}'),
+                Column('effective_gflops', 'effective GFLOPs', '{:.4f}'), Column('held_out_top1', 'top-1', _pct),
+                Column('status', 'status')]
+    footer = ['## Figures', figs.markdown(), '## Every configuration', markdown_table(rows_all, all_cols)]
+    return _join(header + out_lines + footer) + '\n'
+
+
+def _join(blocks: List[str]) -> str:
+    """Blocks separated by blank lines, except consecutive list items, which stay one tight list."""
+    text = ''
+    for i, block in enumerate(blocks):
+        if i:
+            tight = block.startswith('- ') and blocks[i - 1].startswith('- ')
+            text += '\n' if tight else '\n\n'
+        text += block
+    return text
+
+
+def run(args, argv: Sequence[str]) -> int:
+    sweep_dir = Path(args.sweep_results)
+    if not (sweep_dir / 'sweep.json').is_file():
+        raise SystemExit(f'error: no sweep results at {sweep_dir} (sweep.json missing); run '
+                         '`python -m wt_zoo.bench sweep` first')
+    out = Path(args.out)
+    stability_dir = Path(args.stability_results) if args.stability_results else None
+    efficiency_dir = Path(args.efficiency_results) if args.efficiency_results else None
+    try:
+        text = generate(sweep_dir, out, stability_dir, efficiency_dir)
+    except ValueError as e:
+        raise SystemExit(f'error: {e}')
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    log(f'wrote {out}')
+    return 0

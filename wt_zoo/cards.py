@@ -1,0 +1,382 @@
+"""Model cards for ``hub_configs/<arch>.<tag>/`` folders, generated from the results files beside them.
+
+A card is never written by hand: :func:`render_card` builds ``README.md`` from the folder's own
+``config.json``, the training run's ``train_args.yaml`` and ``train_summary.csv`` (train.py's
+args.yaml and summary.csv, copied by ``python -m wt_zoo.hub export``) and
+``validation_results.json`` (validate.py's row for this checkpoint). ``hub verify`` renders the card
+again and fails on any difference, so the figures in a card are always those of the files beside it.
+"""
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+from .data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, canonical_dataset_name
+from .hub_ids import hub_repo_id
+
+__all__ = [
+    'HubFolderError', 'DatasetInfo', 'TAG_DATASETS', 'TRAIN_ARGS', 'TRAIN_SUMMARY', 'VALIDATION_RESULTS', 'CARD',
+    'PAPER_BIBTEX', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row', 'validation_figures',
+    'training_figures', 'build_from_config', 'render_card',
+]
+
+TRAIN_ARGS = 'train_args.yaml'
+TRAIN_SUMMARY = 'train_summary.csv'
+VALIDATION_RESULTS = 'validation_results.json'
+CARD = 'README.md'
+
+PAPER_TITLE = 'Revisiting Implicit Models: Sparsity Trade-offs Capability in Weight-tied Model for Vision Tasks'
+PAPER_URL = 'https://arxiv.org/abs/2307.08013'
+PAPER_BIBTEX = """@article{song2023revisiting,
+  title={Revisiting Implicit Models: Sparsity Trade-offs Capability in Weight-tied Model for Vision Tasks},
+  author={Song, Haobo and Majumder, Soumajit and Lin, Tao},
+  journal={arXiv preprint arXiv:2307.08013},
+  year={2023}
+}"""
+
+
+class HubFolderError(ValueError):
+    """A Hub folder, or what export reads, is unusable; the message names the file and the mismatch."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a tag was trained on, as the card and the Hub's metadata name it."""
+    canonical: str  # wt_zoo.data's name
+    title: str
+    hub_dataset: str  # the dataset's Hugging Face Hub id, for the card's metadata
+    classes: Sequence[str]
+    caveat: str = ''
+
+
+TAG_DATASETS: Dict[str, DatasetInfo] = {
+    'c10': DatasetInfo(
+        'cifar10', 'CIFAR-10', 'uoft-cs/cifar10', CIFAR10_CLASSES,
+        caveat=('The CIFAR-10 figures on this card were measured on a JPEG re-encoding of CIFAR-10 (every image '
+                'saved as a baseline JPEG at libjpeg quality 75; same 50,000 / 10,000 split and labels), not on '
+                'the original lossless dataset. JPEG removes some detail, so accuracy on the original CIFAR-10 '
+                'is expected to be slightly higher than the numbers here.')),
+    'fmnist': DatasetInfo('fashion_mnist', 'Fashion-MNIST', 'zalando-datasets/fashion_mnist', FASHION_MNIST_CLASSES),
+}
+
+FAMILIES = {
+    'wt': ('weight-tied implicit ResNet',
+           'Each stage holds one residual block, applied `depth` times with the stage input injected at every '
+           'iteration (weights shared across iterations), trained by plain backpropagation.'),
+    'wtsm': ('weight-tied implicit ResNet with sparse masks',
+             'Each stage holds one residual block applied `depth` times; iteration k convolves with the shared '
+             'weights times its own fixed sparse mask (drawn once from a seed, stored in the weights file), so '
+             'capacity grows with the number of distinct masks at the same parameter count.'),
+    'deq': ('deep equilibrium (DEQ) ResNet',
+            'The same block as the weight-tied family, solved for its fixed point z* = f(z*, x) with torchdeq '
+            'instead of being unrolled a fixed number of times.'),
+}
+
+# Names the results files use for each figure, first match wins (validate.py / train.py first).
+_RESULT_KEYS = {
+    'top1': ('top1',), 'top5': ('top5',), 'loss': ('loss',), 'images_per_s': ('images_per_s', 'img_per_sec'),
+    'params': ('params', 'param_count'), 'gflops': ('gflops',), 'effective_gflops': ('effective_gflops',),
+    'deq_iterations': ('deq_iterations',), 'dataset': ('dataset',), 'split': ('split',), 'device': ('device',),
+    'input_size': ('input_size', 'img_size'), 'batch_size': ('batch_size',), 'samples': ('samples',),
+    'model': ('model', 'model_name'),
+}
+_REQUIRED_RESULTS = ('top1', 'top5', 'images_per_s', 'params', 'gflops', 'dataset', 'split', 'device', 'input_size')
+
+# Training flags shown in the card's recipe table, in this order, when args.yaml has them.
+_RECIPE_KEYS = (
+    'model', 'model_kwargs', 'dataset', 'val_split_size', 'epochs', 'batch_size', 'opt', 'lr', 'momentum',
+    'weight_decay', 'sched', 'warmup_epochs', 'warmup_lr', 'min_lr', 'smoothing', 'mixup', 'cutmix', 'crop_padding',
+    'hflip', 'cutout', 'drop', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'grad_checkpointing', 'seed',
+)
+
+
+def read_args(path: Path) -> Dict[str, Any]:
+    """train.py's args.yaml as a dict."""
+    try:
+        args = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise HubFolderError(f'{path}: training args file not found') from None
+    except yaml.YAMLError as e:
+        raise HubFolderError(f'{path}: not valid YAML ({e})') from None
+    if not isinstance(args, dict):
+        raise HubFolderError(f'{path}: expected a mapping of training flags, got {type(args).__name__}')
+    return args
+
+
+def read_summary(path: Path) -> List[Dict[str, str]]:
+    """train.py's summary.csv rows; a resumed run's redone epochs keep their last row."""
+    try:
+        with open(path, newline='') as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise HubFolderError(f'{path}: training summary not found') from None
+    if not rows or 'epoch' not in rows[0]:
+        raise HubFolderError(f'{path}: expected per-epoch rows with an "epoch" column, got {len(rows)} rows')
+    by_epoch = {int(float(row['epoch'])): row for row in rows}
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def read_result_rows(path: Path) -> List[Dict[str, Any]]:
+    """validate.py's results file (.json list of rows, or .csv), one row per model."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise HubFolderError(f'{path}: validation results file not found') from None
+    if path.suffix.lower() == '.json':
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise HubFolderError(f'{path}: not valid JSON ({e})') from None
+        rows = data if isinstance(data, list) else [data]
+    elif path.suffix.lower() == '.csv':
+        rows = list(csv.DictReader(text.splitlines()))
+    else:
+        raise HubFolderError(f'{path}: expected validate.py results as .json or .csv')
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise HubFolderError(f'{path}: expected one row per model, found none')
+    return rows
+
+
+def _get(row: Dict[str, Any], field: str) -> Any:
+    for key in _RESULT_KEYS[field]:
+        if row.get(key) not in (None, ''):
+            return row[key]
+    return None
+
+
+def select_result_row(rows: List[Dict[str, Any]], name: str, path: Path) -> Dict[str, Any]:
+    """The row for ``arch.tag``: the only row, or the one whose model names it (plain, tagged or hf-hub)."""
+    if len(rows) == 1:
+        return rows[0]
+    arch = name.split('.')[0]
+    matches = [r for r in rows if str(_get(r, 'model') or '').replace('hf-hub:', '').split('/')[-1] in (name, arch)]
+    if len(matches) != 1:
+        models = ', '.join(str(_get(r, 'model')) for r in rows)
+        raise HubFolderError(f'{path}: {len(matches)} rows match {name} among models [{models}]; pass a results '
+                             'file with the one row for this checkpoint')
+    return matches[0]
+
+
+def _number(value: Any, what: str, path: Path) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise HubFolderError(f'{path}: {what} is {value!r}, expected a number') from None
+
+
+def validation_figures(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """The card's figures from one validate.py row; a missing figure is an error naming it."""
+    missing = [f for f in _REQUIRED_RESULTS if _get(row, f) is None]
+    if missing:
+        raise HubFolderError(f'{path}: validation row lacks {", ".join(missing)} (validate.py writes them; '
+                             'GFLOPs need a run without --no-flops)')
+    out: Dict[str, Any] = {}
+    for field in _RESULT_KEYS:
+        value = _get(row, field)
+        if value is None:
+            continue
+        if field in ('dataset', 'split', 'device', 'input_size', 'model'):
+            out[field] = str(value)
+        elif field in ('params', 'batch_size', 'samples'):
+            out[field] = int(_number(value, field, path))
+        else:
+            out[field] = _number(value, field, path)
+    out['dataset'] = canonical_dataset_name(out['dataset'])
+    return out
+
+
+def _float_col(rows: List[Dict[str, str]], column: str) -> Optional[List[float]]:
+    if not all(row.get(column) not in (None, '') for row in rows):
+        return None
+    return [float(row[column]) for row in rows]
+
+
+def training_figures(args: Dict[str, Any], summary: List[Dict[str, str]]) -> Dict[str, Any]:
+    """Epochs, wall time, hardware and last-epoch metrics of the training run."""
+    last = summary[-1]
+    seconds = _float_col(summary, 'epoch_seconds')
+    images = _float_col(summary, 'images_per_s')
+    peak = _float_col(summary, 'peak_memory_mb')
+    return dict(
+        epochs_run=len(summary),
+        epochs_planned=args.get('epochs'),
+        wall_seconds=sum(seconds) if seconds else None,
+        train_images_per_s=sum(images) / len(images) if images else None,
+        peak_memory_mb=max(peak) if peak else None,
+        hardware=args.get('hardware'),
+        world_size=int(float(last['world_size'])) if last.get('world_size') else 1,
+        last=last,
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f'{hours} h {minutes:02d} min'
+    return f'{minutes} min {secs:02d} s' if minutes else f'{secs} s'
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f'{value:g}'
+    if isinstance(value, (dict, list)):
+        return '`' + json.dumps(value, sort_keys=True) + '`'
+    return f'`{value}`' if isinstance(value, str) else str(value)
+
+
+def _front_matter(name: str, config: Dict[str, Any], data: DatasetInfo, val: Dict[str, Any]) -> str:
+    family = name.split('_', 1)[0]
+    split = val['split']
+    meta = {
+        'library_name': 'timm',
+        'license': config['pretrained_cfg'].get('license', 'apache-2.0'),
+        'pipeline_tag': 'image-classification',
+        'tags': ['image-classification', 'timm', 'wt-zoo', 'implicit-model', f'{family}_resnet'],
+        'datasets': [data.hub_dataset],
+        'metrics': ['accuracy'],
+        'model-index': [{
+            'name': name,
+            'results': [{
+                'task': {'type': 'image-classification', 'name': 'Image Classification'},
+                'dataset': {'type': data.hub_dataset, 'name': data.title + (' (JPEG copy)' if data.caveat else ''),
+                            'split': split},
+                'metrics': [
+                    {'type': 'accuracy', 'name': 'Top-1 accuracy', 'value': val['top1']},
+                    {'type': 'top_5_accuracy', 'name': 'Top-5 accuracy', 'value': val['top5']},
+                ],
+            }],
+        }],
+    }
+    return '---\n' + yaml.safe_dump(meta, sort_keys=False, width=1000) + '---\n'
+
+
+def _iteration_text(model) -> str:
+    """How each stage iterates, read off the model config.json builds (so the card states the solver)."""
+    if getattr(model, 'deq_args', None):
+        return 'solved to a fixed point with torchdeq, ' + ', '.join(f'{k}={v}' for k, v in model.deq_args.items())
+    text = f'{model.depth} unrolled iterations per stage, weights shared across iterations'
+    masks = getattr(model.implicit_layers()[0], 'masks', None)
+    if masks is not None:
+        text += (f'; {masks.mask_kind} masks at density {masks.mask_density:g}, {masks.num_masks} distinct '
+                 f'mask(s) per stage ({masks.mask_mode})')
+    return text
+
+
+def build_from_config(config: Dict[str, Any]):
+    """The model config.json describes, as ``hf-hub:`` loading builds it (random weights)."""
+    import timm
+    return timm.create_model(config['architecture'], pretrained=False, **config.get('model_args', {}))
+
+
+def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
+    """README.md for a hub_configs folder, from its config.json and results files only.
+
+    ``name`` (``arch.tag``) defaults to the folder's name (export renders into a staging folder);
+    ``model``, the model config.json builds, saves building it again.
+    """
+    folder = Path(folder)
+    name = name or folder.name
+    arch, tag = name.split('.')
+    data = TAG_DATASETS[tag]
+    config = json.loads((folder / 'config.json').read_text())
+    model = model if model is not None else build_from_config(config)
+    args = read_args(folder / TRAIN_ARGS)
+    summary = read_summary(folder / TRAIN_SUMMARY)
+    val = validation_figures(select_result_row(read_result_rows(folder / VALIDATION_RESULTS), name,
+                                               folder / VALIDATION_RESULTS), folder / VALIDATION_RESULTS)
+    train = training_figures(args, summary)
+    pcfg = config['pretrained_cfg']
+    family = name.split('_', 1)[0]
+    family_title, family_text = FAMILIES[family]
+    repo = hub_repo_id(name)
+
+    lines = [_front_matter(name, config, data, val)]
+    lines += [
+        f'# {name}', '',
+        f'A {family_title} from wt-zoo, trained on {data.title}. '
+        f'{family_text}', '',
+        'This card is generated by `python -m wt_zoo.hub export` from the files in this repository '
+        f'(`config.json`, `{TRAIN_ARGS}`, `{TRAIN_SUMMARY}`, `{VALIDATION_RESULTS}`); '
+        '`python -m wt_zoo.hub verify` regenerates it and fails on any difference.', '',
+        '## Results', '',
+        f'Measured by `validate.py` on the {data.title} {val["split"]} split'
+        + (f' ({val["samples"]:,} images)' if 'samples' in val else '') + f', input {val["input_size"]}.', '',
+        '| top-1 (%) | top-5 (%) | loss | params (M) | GFLOPs / image | images/s |',
+        '|---|---|---|---|---|---|',
+        f'| {val["top1"]:.2f} | {val["top5"]:.2f} | ' + (f'{val["loss"]:.4f}' if 'loss' in val else 'n/a')
+        + f' | {val["params"] / 1e6:.3f} | {val["gflops"]:.4f} | {val["images_per_s"]:,.0f} |', '',
+        f'- Parameters: {val["params"]:,} (shared weights counted once).',
+        '- GFLOPs: fvcore, which counts one multiply-add as one flop, per image at the input size above'
+        + (f'; with the sparse masks applied, {val["effective_gflops"]:.4f} effective GFLOPs'
+           if 'effective_gflops' in val else '')
+        + (f'; the DEQ solver used {val["deq_iterations"]:.1f} iterations per stage on average, and the count is '
+           'taken at that many iterations' if 'deq_iterations' in val else '') + '.',
+        f'- images/s: inference throughput on `{val["device"]}`'
+        + (f' at batch size {val["batch_size"]}' if 'batch_size' in val else '') + '.',
+        '',
+        '## Model details', '',
+        f'- timm name: `{name}` (architecture `{arch}`, pretrained tag `{tag}`); Hub repository `{repo}`.',
+        f'- Model arguments (config.json): {_fmt(config.get("model_args", {}))}.',
+        '- Stages: ' + ', '.join(f'{info["num_chs"]} channels at 1/{info["reduction"]} resolution'
+                                 for info in model.feature_info[1:]) + '.',
+        f'- Iteration: {_iteration_text(model)}.',
+        f'- Input: {"x".join(str(s) for s in pcfg["input_size"])}, mean {_fmt(list(pcfg["mean"]))}, '
+        f'std {_fmt(list(pcfg["std"]))}, {pcfg.get("interpolation", "bilinear")} interpolation, '
+        f'crop_pct {pcfg.get("crop_pct", 1.0)}.',
+        f'- Classes ({config["num_classes"]}): ' + ', '.join(config.get('label_names') or data.classes) + '.',
+        '',
+        '## Training', '',
+    ]
+    hardware = train['hardware'] or 'not recorded'
+    wall = _duration(train['wall_seconds']) if train['wall_seconds'] is not None else 'not recorded'
+    planned = train['epochs_planned']
+    planned = f' of {planned} planned' if planned not in (None, train['epochs_run']) else ''
+    lines += [
+        f'- Hardware: {hardware}' + (f', {train["world_size"]} processes' if train['world_size'] > 1 else '') + '.',
+        f'- Epochs: {train["epochs_run"]}{planned}; wall time {wall} (sum of the training epochs in '
+        f'`{TRAIN_SUMMARY}`, evaluation excluded)'
+        + (f'; {train["train_images_per_s"]:,.0f} training images/s on average' if train['train_images_per_s'] else '')
+        + (f'; peak memory {train["peak_memory_mb"]:,.0f} MB' if train['peak_memory_mb'] else '') + '.',
+    ]
+    last = train['last']
+    if last.get('eval_top1'):
+        lines.append(f'- Last epoch: train loss {float(last["train_loss"]):.4f}, evaluation top-1 '
+                     f'{float(last["eval_top1"]):.2f} % on '
+                     + ('the held-out part of the training split.' if args.get('val_split_size') else
+                        f'the evaluation split train.py used (see `{TRAIN_ARGS}`).'))
+    lines += ['', '| setting | value |', '|---|---|']
+    lines += [f'| {key} | {_fmt(args[key])} |' for key in _RECIPE_KEYS if args.get(key) not in (None, '', {}, [])]
+    lines += [
+        '',
+        f'The complete flags are in `{TRAIN_ARGS}`; with the wt-zoo repository, '
+        f'`python train.py --config {TRAIN_ARGS}` trains this recipe again.', '',
+        '## Data', '',
+        data.caveat or f'Trained and evaluated on {data.title} (original files).', '',
+        '## Usage', '',
+        'Import `wt_zoo` before creating the model: it registers the zoo\'s architectures with timm '
+        '(`hf-hub:` names need it too).', '',
+        '```python',
+        'import timm',
+        'import torch',
+        'import wt_zoo  # registers the zoo models with timm',
+        '',
+        f"model = timm.create_model('{name}', pretrained=True).eval()",
+        f"# or straight from this repository: timm.create_model('hf-hub:{repo}', pretrained=True)",
+        'config = timm.data.resolve_data_config({}, model=model)',
+        'transform = timm.data.create_transform(**config)',
+        'with torch.no_grad():',
+        '    probabilities = model(transform(image).unsqueeze(0)).softmax(-1)  # image: a PIL image',
+        '',
+        '# fine-tuning: timm adapts the first conv and replaces the head',
+        f"model = timm.create_model('{name}', pretrained=True, num_classes=5, in_chans=1)",
+        '```', '',
+        '## Citation', '',
+        f'The models follow [{PAPER_TITLE}]({PAPER_URL}):', '',
+        '```bibtex', PAPER_BIBTEX, '```', '',
+    ]
+    return '\n'.join(lines)
