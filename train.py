@@ -329,7 +329,8 @@ def main(argv=None) -> int:
     if ctx.is_primary:
         out_dir = _output_dir(args, data_config)
         out_dir.mkdir(parents=True, exist_ok=True)
-        wt_training.write_args_yaml(out_dir / wt_training.ARGS_FILE, args)
+        wt_training.write_args_yaml(out_dir / wt_training.ARGS_FILE, args,
+                                    hardware=wt_training.describe_hardware(ctx.device, ctx.world_size))
         if history:  # a resumed run continues the summary from the checkpoint, dropping rows of redone epochs
             wt_training.write_summary_csv(out_dir / wt_training.SUMMARY_FILE, history)
         _logger.info(f'writing to {out_dir}')

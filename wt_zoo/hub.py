@@ -507,10 +507,11 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     stage = Path(tempfile.mkdtemp(prefix=f'.{name}.', dir=hub_configs))
     try:
         save_for_hf(model, stage, safe_serialization=True, model_config=dict(label_names=list(data.classes)))
-        args_text = (run_dir / ARGS_FILE).read_text()
-        if not args.get('hardware'):
-            args_text = args_text.rstrip('\n') + '\n' + yaml.safe_dump({'hardware': hardware})
-        (stage / TRAIN_ARGS).write_text(args_text)
+        published_args = dict(args, hardware=args.get('hardware') or hardware)
+        for key, value in published_args.items():  # this machine's folders mean nothing on the Hub
+            if isinstance(value, str) and os.path.isabs(value):
+                published_args[key] = Path(value).name
+        (stage / TRAIN_ARGS).write_text(yaml.safe_dump(published_args, sort_keys=True))
         shutil.copyfile(run_dir / SUMMARY_FILE, stage / TRAIN_SUMMARY)
         (stage / VALIDATION_RESULTS).write_text(json.dumps([row], indent=2) + '\n')
         write_card(stage, name, model)

@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import platform
 import random
 import sys
 import tempfile
@@ -49,7 +50,7 @@ __all__ = [
     'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'SUMMARY_FILE', 'ARGS_FILE', 'WEIGHTS_FILE', 'NonFiniteLossError',
     'DistContext', 'init_distributed', 'plain', 'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save',
     'find_checkpoint', 'load_checkpoint_file', 'save_training_checkpoint', 'restore_training_state',
-    'load_model_weights', 'write_summary_csv', 'write_args_yaml', 'write_results', 'seed_everything',
+    'load_model_weights', 'write_summary_csv', 'write_args_yaml', 'cpu_model', 'describe_hardware', 'write_results', 'seed_everything',
     'create_model_from_args', 'unwrap', 'peak_memory_mb', 'reset_peak_memory', 'mean_solver_steps',
     'rank_weight_max_diff', 'train_one_epoch', 'evaluate', 'export_weights', 'parse_kwargs_value',
 ]
@@ -323,8 +324,32 @@ def _format_number(value):
     return value
 
 
-def write_args_yaml(path: Union[str, Path], args) -> None:
-    atomic_write_text(path, yaml.safe_dump(plain(vars(args)), sort_keys=True))
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.lower().startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_hardware(device: torch.device, world_size: int = 1) -> str:
+    """What a run trained on, for args.yaml and the model card: GPU model, or CPU model and threads."""
+    if device.type == 'cuda':
+        what = torch.cuda.get_device_name(device)
+    else:
+        what = f'CPU ({cpu_model()}, {torch.get_num_threads()} threads)'
+    return what if world_size == 1 else f'{world_size} x {what}'
+
+
+def write_args_yaml(path: Union[str, Path], args, hardware: Optional[str] = None) -> None:
+    values = plain(vars(args))
+    if hardware:
+        values['hardware'] = hardware
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=True))
 
 
 def write_results(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:

@@ -19,7 +19,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..training import atomic_write_text, parse_kwargs_value, plain, write_results
+
+from ..training import atomic_write_text, cpu_model, parse_kwargs_value, plain, write_results
 
 __all__ = [
     'REPO_ROOT', 'ModelSpec', 'parse_model_specs', 'ResultsFolder', 'Column', 'markdown_table', 'machine_info',
@@ -111,21 +112,10 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
     return head + ('+dirty' if status else '')
 
 
-def _cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.lower().startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> Dict[str, Any]:
     """The machine a figure was measured on: CPU model, cores, torch threads, CUDA device, load."""
     info: Dict[str, Any] = dict(
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         logical_cpus=os.cpu_count(),
         cpus_available=len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(),
         torch_threads=torch.get_num_threads(),
