@@ -17,25 +17,11 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import yaml
 
 from wt_zoo import data as wt_data
 from wt_zoo import training as wt_training
 
 _logger = logging.getLogger('train')
-
-
-class ParseKwargs(argparse.Action):
-    """--model-kwargs k=v k2=v2: values parsed as YAML scalars; adds to (not replaces) a --config dict."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = dict(getattr(namespace, self.dest, None) or {})
-        for item in values:
-            key, sep, value = item.partition('=')
-            if not sep or not key:
-                parser.error(f'{option_string} expects key=value pairs, got {item!r}')
-            kwargs[key] = wt_training.parse_kwargs_value(value)
-        setattr(namespace, self.dest, kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add('--in-chans', type=int, default=None, help='input channels (default: the model\'s, else the dataset\'s)')
     add('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'), help='input size, e.g. 3 32 32')
     add('--img-size', type=int, default=None, help='input image size (square)')
-    add('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V', help='extra model arguments')
+    add('--model-kwargs', nargs='*', default={}, action=wt_training.ParseKwargs, metavar='K=V', help='extra model arguments')
     add('--drop', type=float, default=None, help='classifier dropout')
     add('--drop-path', type=float, default=None, help='stochastic depth (models that support it)')
     add('--grad-checkpointing', action='store_true', help='trade compute for memory')
@@ -154,28 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None):
-    """timm-style: --config YAML sets defaults, the command line overrides them."""
-    parser = build_parser()
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument('-c', '--config', default='')
-    pre, remaining = config_parser.parse_known_args(argv)
-    if pre.config:
-        try:
-            with open(pre.config) as f:
-                cfg = yaml.safe_load(f) or {}
-        except (OSError, yaml.YAMLError) as e:
-            parser.error(f'cannot read --config {pre.config}: {e}')
-        if not isinstance(cfg, dict):
-            parser.error(f'--config {pre.config}: expected a mapping of flag names to values')
-        known = {a.dest for a in parser._actions}
-        cfg = {k.replace('-', '_'): v for k, v in cfg.items()}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            parser.error(f'--config {pre.config}: unknown keys {unknown}; keys are flag names, e.g. batch_size, lr')
-        parser.set_defaults(**cfg)
-    args = parser.parse_args(remaining)
-    args.config = pre.config
-    return args
+    return wt_training.parse_args_with_config(build_parser(), argv)
 
 
 def _amp_dtype(args, device):

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Dict, List
 
 import torch
-import yaml
 
 from wt_zoo import data as wt_data
 from wt_zoo import training as wt_training
@@ -24,17 +23,6 @@ from wt_zoo import training as wt_training
 _logger = logging.getLogger('validate')
 
 _MODEL_ARG_KEYS = ('num_classes', 'in_chans', 'input_size', 'model_kwargs')
-
-
-class ParseKwargs(argparse.Action):
-    def __call__(self, parser, namespace, values, option_string=None):
-        kwargs = dict(getattr(namespace, self.dest, None) or {})
-        for item in values:
-            key, sep, value = item.partition('=')
-            if not sep or not key:
-                parser.error(f'{option_string} expects key=value pairs, got {item!r}')
-            kwargs[key] = wt_training.parse_kwargs_value(value)
-        setattr(namespace, self.dest, kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add('--in-chans', type=int, default=None, help='input channels')
     add('--input-size', type=int, nargs=3, default=None, metavar=('C', 'H', 'W'), help='input size')
     add('--img-size', type=int, default=None, help='input image size (square)')
-    add('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='K=V', help='extra model arguments')
+    add('--model-kwargs', nargs='*', default={}, action=wt_training.ParseKwargs, metavar='K=V', help='extra model arguments')
     add('--data-dir', default=None, help='dataset folder (default: WT_ZOO_<DATASET> env var or the built-in location)')
     add('--dataset', default='cifar10', help="cifar10, cifar100, fashion_mnist, '' (image folder) or a timm dataset")
     add('--dataset-download', action='store_true', help='download with torchvision if missing (needs internet)')
@@ -79,18 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None):
     parser = build_parser()
-    config_parser = argparse.ArgumentParser(add_help=False)
-    config_parser.add_argument('-c', '--config', default='')
-    pre, remaining = config_parser.parse_known_args(argv)
-    if pre.config:
-        with open(pre.config) as f:
-            cfg = yaml.safe_load(f) or {}
-        known = {a.dest for a in parser._actions}  # a train.py recipe works too: its training-only keys are skipped
-        cfg = {k.replace('-', '_'): v for k, v in cfg.items() if k.replace('-', '_') in known}
-        if isinstance(cfg.get('model'), str):
-            cfg['model'] = [cfg['model']]
-        parser.set_defaults(**cfg)
-    args = parser.parse_args(remaining)
+    # a train.py recipe works too: its training-only keys are skipped
+    args = wt_training.parse_args_with_config(parser, argv, skip_unknown_keys=True)
+    if isinstance(args.model, str):  # a recipe names one model
+        args.model = [args.model]
     if args.results_file and Path(args.results_file).suffix.lower() not in ('.csv', '.json'):
         parser.error(f'--results-file {args.results_file}: expected a .csv or .json extension')
     return args

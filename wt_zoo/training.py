@@ -5,6 +5,7 @@ tensors and plain Python values (so ``torch.load(weights_only=True)`` reads them
 full training state plus the per-epoch history, so ``--resume`` continues exactly where a run
 stopped. The epoch loops keep running sums on the device and synchronise only at log points.
 """
+import argparse
 import csv
 import io
 import json
@@ -50,7 +51,7 @@ __all__ = [
     'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'SUMMARY_FILE', 'ARGS_FILE', 'WEIGHTS_FILE', 'NonFiniteLossError',
     'DistContext', 'init_distributed', 'plain', 'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save',
     'find_checkpoint', 'load_checkpoint_file', 'save_training_checkpoint', 'restore_training_state',
-    'load_model_weights', 'write_summary_csv', 'write_args_yaml', 'cpu_model', 'describe_hardware', 'write_results', 'seed_everything',
+    'ParseKwargs', 'parse_args_with_config', 'load_model_weights', 'write_summary_csv', 'write_args_yaml', 'cpu_model', 'describe_hardware', 'write_results', 'seed_everything',
     'create_model_from_args', 'unwrap', 'peak_memory_mb', 'reset_peak_memory', 'mean_solver_steps',
     'rank_weight_max_diff', 'train_one_epoch', 'evaluate', 'export_weights', 'parse_kwargs_value',
 ]
@@ -301,21 +302,71 @@ def restore_training_state(checkpoint: Dict[str, Any], *, model: nn.Module, opti
     return int(checkpoint['epoch']) + 1
 
 
+
+# ----------------------------------------------------------------------------------------------
+# Command lines (shared by train.py and validate.py)
+
+
+class ParseKwargs(argparse.Action):
+    """--model-kwargs k=v k2=v2: values parsed as YAML scalars; adds to (not replaces) a --config dict."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        kwargs = dict(getattr(namespace, self.dest, None) or {})
+        for item in values:
+            key, sep, value = item.partition('=')
+            if not sep or not key:
+                parser.error(f'{option_string} expects key=value pairs, got {item!r}')
+            kwargs[key] = parse_kwargs_value(value)
+        setattr(namespace, self.dest, kwargs)
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv=None, skip_unknown_keys: bool = False):
+    """timm-style: a ``--config`` YAML file sets defaults, the command line overrides them.
+
+    Keys are flag names. Unknown keys are an error, or skipped with ``skip_unknown_keys`` (so that
+    validate.py can read a train.py recipe).
+    """
+    config_parser = argparse.ArgumentParser(add_help=False)
+    config_parser.add_argument('-c', '--config', default='')
+    pre, remaining = config_parser.parse_known_args(argv)
+    if pre.config:
+        try:
+            with open(pre.config) as f:
+                cfg = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            parser.error(f'cannot read --config {pre.config}: {e}')
+        if not isinstance(cfg, dict):
+            parser.error(f'--config {pre.config}: expected a mapping of flag names to values')
+        known = {a.dest for a in parser._actions}
+        cfg = {k.replace('-', '_'): v for k, v in cfg.items()}
+        unknown = sorted(set(cfg) - known)
+        if unknown and not skip_unknown_keys:
+            parser.error(f'--config {pre.config}: unknown keys {unknown}; keys are flag names, e.g. batch_size, lr')
+        parser.set_defaults(**{k: v for k, v in cfg.items() if k in known})
+    args = parser.parse_args(remaining)
+    args.config = pre.config
+    return args
+
+
 # ----------------------------------------------------------------------------------------------
 # Output files
 
 
-def write_summary_csv(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:
-    """The whole per-epoch history, rewritten atomically (a resumed run rewrites it from the checkpoint)."""
+def _csv_text(rows: List[Dict[str, Any]]) -> str:
+    """CSV of rows whose keys may differ: the columns are every key, in order of first appearance."""
     columns: List[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _format_number(v) for k, v in row.items()})
-    atomic_write_text(path, buf.getvalue())
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_summary_csv(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:
+    """The whole per-epoch history, rewritten atomically (a resumed run rewrites it from the checkpoint)."""
+    atomic_write_text(path, _csv_text([{k: _format_number(v) for k, v in row.items()} for row in rows]))
 
 
 def _format_number(value):
@@ -359,14 +410,7 @@ def write_results(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:
     if ext == '.json':
         atomic_write_text(path, json.dumps(plain(rows), indent=2) + '\n')
     elif ext == '.csv':
-        columns: List[str] = []
-        for row in rows:
-            columns += [k for k in row if k not in columns]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(plain(rows))
-        atomic_write_text(path, buf.getvalue())
+        atomic_write_text(path, _csv_text(plain(rows)))
     else:
         raise ValueError(f'--results-file {path}: expected a .csv or .json extension, got {ext or "none"!r}')
 
