@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train a wt-zoo (or any timm) model with timm's flags, on CIFAR-10/100, Fashion-MNIST or an image folder.
 
-    python train.py --config configs/wt_resnet_tiny.c10.yaml
+    python train.py --config configs/wt_resnet_small.c10.yaml
     python train.py --model wt_resnet_tiny --dataset cifar10 --epochs 30 -b 128 --lr 0.1
     torchrun --nproc_per_node 2 train.py --model wt_resnet_small --dataset cifar10 ...
 
