@@ -34,6 +34,7 @@ demo: install
 	$(PY) -m wt_zoo.hub install-cache --cache-dir $(HF_CACHE)
 	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub verify
 	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub demo
+	$(PY) -m wt_zoo.hub table
 
 profile: install
 	$(PY) -m wt_zoo.profile

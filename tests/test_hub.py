@@ -455,6 +455,20 @@ def test_repository_hub_configs_verify_and_load_offline(repo_cache):
 # push
 
 
+def test_results_table_is_read_from_the_folders_results_files(published, monkeypatch):
+    monkeypatch.setenv(HUB_CONFIGS_ENV, str(published['hub_configs']))
+    rows = hub.results_rows()
+    assert len(rows) == len(TAGS)
+    for row in rows:
+        folder = published['hub_configs'] / f'{row["model"]}.{row["tag"]}'
+        validation = json.loads((folder / 'validation_results.json').read_text())[0]
+        assert row['top1'] == pytest.approx(float(validation['top1']))
+        assert row['params'] == int(validation['params'])
+        assert row['trained_on'] == yaml.safe_load((folder / 'train_args.yaml').read_text())['hardware']
+    table = hub.results_table().splitlines()
+    assert table[0].startswith('| model | tag | top-1 |') and len(table) == 2 + len(rows)
+
+
 def test_push_dry_run_lists_every_file_and_needs_no_token(published, monkeypatch, capsys):
     monkeypatch.delenv('HF_TOKEN', raising=False)
     assert hub.main(['push', '--dry-run', '--hub-configs', str(published['hub_configs'])]) == 0

@@ -37,7 +37,7 @@ from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from .cards import (CARD, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, VALIDATION_RESULTS, HubFolderError,
                     build_from_config, read_args, read_result_rows, read_summary, render_card, select_result_row,
-                    validation_figures)
+                    training_figures, validation_figures)
 from .hub_ids import HUB_ORG, REPO_HUB_CONFIGS, hub_configs_dirs, hub_repo_id, published_folders
 
 __all__ = [
@@ -636,6 +636,36 @@ def push(names: Iterable[str] = (), hub_configs: Optional[Path] = None, dry_run:
 
 
 # ----------------------------------------------------------------------------------------------
+# results table (README)
+
+
+def results_rows(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
+    """One row per published folder, read from its validation and training results files."""
+    rows = []
+    for name, folder in _folders(names).items():
+        results = folder / VALIDATION_RESULTS
+        val = validation_figures(select_result_row(read_result_rows(results), name, results), results)
+        train = training_figures(read_args(folder / TRAIN_ARGS), read_summary(folder / TRAIN_SUMMARY))
+        arch, tag = name.split('.')
+        rows.append(dict(model=arch, tag=tag, top1=val['top1'], top5=val['top5'], params=val['params'],
+                         gflops=val['gflops'], images_per_s=val['images_per_s'], eval_device=val['device'],
+                         trained_on=train['hardware'], epochs=train['epochs_run'], wall_seconds=train['wall_seconds']))
+    return rows
+
+
+def results_table(names: Iterable[str] = ()) -> str:
+    """Markdown table of the published checkpoints, for the README (``python -m wt_zoo.hub table``)."""
+    lines = ['| model | tag | top-1 | top-5 | params (M) | GFLOPs | images/s (eval) | trained on | epochs | train wall time |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for row in results_rows(names):
+        wall = f'{row["wall_seconds"] / 60:.0f} min' if row['wall_seconds'] else ''
+        lines.append(f'| {row["model"]} | {row["tag"]} | {row["top1"]:.2f} | {row["top5"]:.2f} | {row["params"] / 1e6:.3f} '
+                     f'| {row["gflops"]:.4f} | {row["images_per_s"]:,.0f} ({row["eval_device"]}) | {row["trained_on"]} '
+                     f'| {row["epochs"]} | {wall} |')
+    return '\n'.join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
 # demo
 
 
@@ -679,10 +709,11 @@ def _build_parser() -> argparse.ArgumentParser:
                       ('card', 'regenerate README.md and SHA256SUMS of the named folders from their files'),
                       ('install-cache', 'place Hub folders into the Hugging Face cache layout'),
                       ('push', 'upload Hub folders to the Hub (token: HF_TOKEN)'),
-                      ('demo', 'load every published tag offline and print a table')):
+                      ('demo', 'load every published tag offline and print a table'),
+                      ('table', 'markdown results table of the published checkpoints (for the README)')):
         p = sub.add_parser(cmd, help=text)
         p.add_argument('names', nargs='*', help='ARCH.TAG folder names (default: all)')
-        if cmd != 'demo':
+        if cmd not in ('demo', 'table'):
             p.add_argument('--hub-configs', type=Path, default=None,
                            help='folder of Hub folders (default: the published ones, see WT_ZOO_HUB_CONFIGS)')
         if cmd == 'install-cache':
@@ -729,6 +760,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f'{entry["repo_id"]}: {verb} {len(entry["files"])} files from {entry["folder"]}')
                 for f in entry['files']:
                     print(f'  {f["path"]} -> {f["url"]} ({f["size"]:,} bytes)')
+        elif args.command == 'table':
+            print(results_table(args.names))
         elif args.command == 'demo':
             if not hf_constants.is_offline_mode():
                 print('note: HF_HUB_OFFLINE is not set; run install-cache and set HF_HUB_OFFLINE=1 to stay offline')
