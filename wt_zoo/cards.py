@@ -336,6 +336,10 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     wall = _duration(train['wall_seconds']) if train['wall_seconds'] is not None else 'not recorded'
     planned = train['epochs_planned']
     planned = f' of {planned} planned' if planned not in (None, train['epochs_run']) else ''
+    if hardware.startswith('CPU'):
+        # No GPU was available: say so up front, as the zoo's promise is CUDA-trained weights.
+        lines += [f'**CPU-trained, short schedule**: {train["epochs_run"]} epochs, {wall} of training on {hardware}. '
+                  'A CUDA run with a full schedule should score higher; these weights are a first, honest baseline.', '']
     lines += [
         f'- Hardware: {hardware}' + (f', {train["world_size"]} processes' if train['world_size'] > 1 else '') + '.',
         f'- Epochs: {train["epochs_run"]}{planned}; wall time {wall} (sum of the training epochs in '
