@@ -451,6 +451,22 @@ def test_repository_hub_configs_verify_and_load_offline(repo_cache):
         assert all(f'{name}: ok' in result.stdout or f'| {name} |' in result.stdout for name in REPO_TAGS)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize('name', REPO_TAGS)
+def test_published_checkpoints_reproduce_their_cards_top1(name, repo_cache, tmp_path):
+    """validate.py --pretrained on the offline cache gives the card's test top-1 to within 0.1 points."""
+    folder = REPO_HUB_CONFIGS / name
+    expected = json.loads((folder / 'validation_results.json').read_text())[0]
+    results = tmp_path / 'results.json'
+    result = subprocess.run(
+        [sys.executable, str(REPO_HUB_CONFIGS.parent / 'validate.py'), '--model', name, '--pretrained',
+         '--dataset', expected['dataset'], '--split', expected['split'], '--results-file', str(results)],
+        env=offline_env(repo_cache), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    measured = json.loads(results.read_text())[0]
+    assert abs(float(measured['top1']) - float(expected['top1'])) <= 0.1, (measured['top1'], expected['top1'])
+
+
 # ----------------------------------------------------------------------------------------------
 # push
 
