@@ -136,9 +136,9 @@ class IterationMasks(nn.Module):
         return hit[1]
 
     def forward(self, weights: List[torch.Tensor], iteration: int) -> List[torch.Tensor]:
-        if not torch.jit.is_scripting():
-            if not self.training and not torch.is_grad_enabled() or not self.training and not any(
-                    w.requires_grad for w in weights):
+        if not torch.jit.is_scripting() and not self.training:
+            # cached products carry no graph: only usable where no gradient is wanted
+            if not (torch.is_grad_enabled() and any(w.requires_grad for w in weights)):
                 return self._cached(weights, iteration)
         return self._masked(weights, iteration)
 

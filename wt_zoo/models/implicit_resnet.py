@@ -182,7 +182,7 @@ class ImplicitResNet(nn.Module):
             in_chs = out_chs
         self.stages = nn.Sequential(*stages)
 
-        self.num_features = self.head_hidden_size = in_chs
+        self.num_features = in_chs
         self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
         self.head_hidden_size = self.head.num_features
 
