@@ -28,12 +28,16 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m 'not slow' --deselect tests/test_timm_suite.py
 
-# Offline: seed a project-local Hugging Face cache from hub_configs/, verify, load every published tag.
+# Offline: seed a project-local Hugging Face cache from hub_configs/, verify, load every published tag,
+# evaluate one pretrained checkpoint on the Fashion-MNIST test split, print the results table.
 HF_CACHE ?= .cache/hf-hub
+DEMO_MODEL ?= wt_resnet_small.fmnist
 demo: install
 	$(PY) -m wt_zoo.hub install-cache --cache-dir $(HF_CACHE)
 	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub verify
 	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub demo
+	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) validate.py --model $(DEMO_MODEL) --pretrained \
+		--dataset fashion_mnist --split test
 	$(PY) -m wt_zoo.hub table
 
 profile: install

@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     add('--sched-on-updates', action='store_true', help='step the schedule every update, not every epoch')
     add('--min-lr', type=float, default=0., help='lower LR bound')
     add('--warmup-lr', type=float, default=1e-5, help='warmup start LR')
-    add('--warmup-epochs', type=int, default=0, help='warmup epochs')
+    add('--warmup-epochs', type=float, default=0, help='warmup epochs (fractions allowed with --sched-on-updates)')
     add('--warmup-prefix', action='store_true', help='warmup outside the decay schedule')
     add('--cooldown-epochs', type=int, default=0, help='epochs at min LR after the schedule')
     add('--decay-epochs', type=float, default=90, help='step schedule period')
@@ -224,6 +224,8 @@ def main(argv=None) -> int:
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum, **opt_kwargs)
     amp_dtype = _amp_dtype(args, ctx.device)
+    if amp_dtype is not None:
+        args.amp_dtype = str(amp_dtype).removeprefix('torch.')  # args.yaml records the dtype that ran
     scaler = torch.amp.GradScaler('cuda') if amp_dtype == torch.float16 else None
     model_ema = ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup) if args.model_ema else None
 

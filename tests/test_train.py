@@ -1,6 +1,7 @@
 """train.py end to end on small data: outputs, resume after a kill, atomic checkpoints, NaN stop,
 fine-tuning with one input channel, recipes, and two gloo ranks under torchrun."""
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -67,6 +68,23 @@ def test_train_writes_summary_args_checkpoints_and_weights(fake_cifar10, tmp_pat
     assert weights.keys() == best['state_dict_ema'].keys()
     assert all(torch.equal(weights[k], best['state_dict_ema'][k]) for k in weights)
     assert not list(run.glob('*.tmp')) and not list(run.glob('.export-*'))
+
+
+@pytest.mark.slow
+def test_cpu_amp_records_bfloat16_and_fractional_warmup_steps_per_update(fake_cifar10, tmp_path):
+    """The CPU short-schedule recipes: --amp autocasts to bfloat16 on CPU (args.yaml must say so, not the
+    float16 default) and a 1-epoch schedule warms up for a fraction of an epoch, per update."""
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'amp', '--epochs', '1', '--amp', '--sched-on-updates',
+                               '--warmup-epochs', '0.5', '--warmup-lr', '0.001', '--train-subset', '128',
+                               '--eval-subset', '64'))
+    run = tmp_path / 'amp'
+    saved_args = yaml.safe_load((run / 'args.yaml').read_text())
+    assert saved_args['amp'] is True and saved_args['amp_dtype'] == 'bfloat16'
+    assert saved_args['warmup_epochs'] == 0.5
+    rows = read_summary(run)
+    assert len(rows) == 1 and math.isfinite(float(rows[0]['train_loss']))
+    # 4 updates, 2 of warm-up: the cosine has run its course by the last update, far below the base lr
+    assert float(rows[0]['lr']) < 0.05 / 2
 
 
 KILL_DURING_SECOND_EPOCH_SAVE = textwrap.dedent('''

@@ -338,7 +338,8 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     planned = f' of {planned} planned' if planned not in (None, train['epochs_run']) else ''
     if hardware.startswith('CPU'):
         # No GPU was available: say so up front, as the zoo's promise is CUDA-trained weights.
-        lines += [f'**CPU-trained, short schedule**: {train["epochs_run"]} epochs, {wall} of training on {hardware}. '
+        epochs = f'{train["epochs_run"]} epoch' + ('s' if train['epochs_run'] != 1 else '')
+        lines += [f'**CPU-trained, short schedule**: {epochs}, {wall} of training on {hardware}. '
                   'A CUDA run with a full schedule should score higher; these weights are a first, honest baseline.', '']
     lines += [
         f'- Hardware: {hardware}' + (f', {train["world_size"]} processes' if train['world_size'] > 1 else '') + '.',
@@ -354,7 +355,10 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
                      + ('the held-out part of the training split.' if args.get('val_split_size') else
                         f'the evaluation split train.py used (see `{TRAIN_ARGS}`).'))
     lines += ['', '| setting | value |', '|---|---|']
-    lines += [f'| {key} | {_fmt(args[key])} |' for key in _RECIPE_KEYS if args.get(key) not in (None, '', {}, [])]
+    shown = dict(args)
+    if shown.get('amp') and hardware.startswith('CPU'):
+        shown['amp_dtype'] = 'bfloat16'  # train.py autocasts to bfloat16 on CPU whatever --amp-dtype says
+    lines += [f'| {key} | {_fmt(shown[key])} |' for key in _RECIPE_KEYS if shown.get(key) not in (None, '', {}, [])]
     lines += [
         '',
         f'The complete flags are in `{TRAIN_ARGS}`; with the wt-zoo repository, '

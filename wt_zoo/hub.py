@@ -649,19 +649,27 @@ def results_rows(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
         arch, tag = name.split('.')
         rows.append(dict(model=arch, tag=tag, top1=val['top1'], top5=val['top5'], params=val['params'],
                          gflops=val['gflops'], images_per_s=val['images_per_s'], eval_device=val['device'],
-                         trained_on=train['hardware'], epochs=train['epochs_run'], wall_seconds=train['wall_seconds']))
+                         deq_iterations=val.get('deq_iterations'), trained_on=train['hardware'],
+                         epochs=train['epochs_run'], wall_seconds=train['wall_seconds']))
+    # twins side by side: per dataset tag and size, wt then wtsm then deq
+    family_order = {'wt': 0, 'wtsm': 1, 'deq': 2}
+    rows.sort(key=lambda r: (r['tag'], r['model'].split('_', 1)[-1], family_order.get(r['model'].split('_', 1)[0], 3),
+                             r['model']))
     return rows
 
 
 def results_table(names: Iterable[str] = ()) -> str:
     """Markdown table of the published checkpoints, for the README (``python -m wt_zoo.hub table``)."""
-    lines = ['| model | tag | top-1 | top-5 | params (M) | GFLOPs | images/s (eval) | trained on | epochs | train wall time |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+    lines = ['| model | tag | top-1 | top-5 | params (M) | GFLOPs | images/s (eval) | DEQ solver its (test) '
+             '| trained on | epochs | train wall time | s/epoch |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|']
     for row in results_rows(names):
         wall = f'{row["wall_seconds"] / 60:.0f} min' if row['wall_seconds'] else ''
+        per_epoch = f'{row["wall_seconds"] / row["epochs"]:,.0f}' if row['wall_seconds'] else ''
+        its = f'{row["deq_iterations"]:.1f}' if row['deq_iterations'] is not None else '–'
         lines.append(f'| {row["model"]} | {row["tag"]} | {row["top1"]:.2f} | {row["top5"]:.2f} | {row["params"] / 1e6:.3f} '
-                     f'| {row["gflops"]:.4f} | {row["images_per_s"]:,.0f} ({row["eval_device"]}) | {row["trained_on"]} '
-                     f'| {row["epochs"]} | {wall} |')
+                     f'| {row["gflops"]:.4f} | {row["images_per_s"]:,.0f} ({row["eval_device"]}) | {its} '
+                     f'| {row["trained_on"]} | {row["epochs"]} | {wall} | {per_epoch} |')
     return '\n'.join(lines)
 
 
