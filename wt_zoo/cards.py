@@ -195,6 +195,14 @@ def _float_col(rows: List[Dict[str, str]], column: str) -> Optional[List[float]]
     return [float(row[column]) for row in rows]
 
 
+def amp_dtype_used(args: Dict[str, Any]) -> Optional[str]:
+    """The autocast dtype a run trained in (None: fp32); train.py autocasts to bfloat16 on CPU whatever
+    --amp-dtype says, and older args.yaml files recorded the flag, not the dtype."""
+    if not args.get('amp'):
+        return None
+    return 'bfloat16' if str(args.get('hardware', '')).startswith('CPU') else args.get('amp_dtype', 'float16')
+
+
 def training_figures(args: Dict[str, Any], summary: List[Dict[str, str]]) -> Dict[str, Any]:
     """Epochs, wall time, hardware and last-epoch metrics of the training run."""
     last = summary[-1]
@@ -208,6 +216,7 @@ def training_figures(args: Dict[str, Any], summary: List[Dict[str, str]]) -> Dic
         train_images_per_s=sum(images) / len(images) if images else None,
         peak_memory_mb=max(peak) if peak else None,
         hardware=args.get('hardware'),
+        amp_dtype=amp_dtype_used(args),
         world_size=int(float(last['world_size'])) if last.get('world_size') else 1,
         last=last,
     )
@@ -355,9 +364,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
                      + ('the held-out part of the training split.' if args.get('val_split_size') else
                         f'the evaluation split train.py used (see `{TRAIN_ARGS}`).'))
     lines += ['', '| setting | value |', '|---|---|']
-    shown = dict(args)
-    if shown.get('amp') and hardware.startswith('CPU'):
-        shown['amp_dtype'] = 'bfloat16'  # train.py autocasts to bfloat16 on CPU whatever --amp-dtype says
+    shown = dict(args, amp_dtype=train['amp_dtype']) if train['amp_dtype'] else args
     lines += [f'| {key} | {_fmt(shown[key])} |' for key in _RECIPE_KEYS if shown.get(key) not in (None, '', {}, [])]
     lines += [
         '',

@@ -650,6 +650,7 @@ def results_rows(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
         rows.append(dict(model=arch, tag=tag, top1=val['top1'], top5=val['top5'], params=val['params'],
                          gflops=val['gflops'], images_per_s=val['images_per_s'], eval_device=val['device'],
                          deq_iterations=val.get('deq_iterations'), trained_on=train['hardware'],
+                         amp_dtype=train['amp_dtype'],
                          epochs=train['epochs_run'], wall_seconds=train['wall_seconds']))
     # twins side by side: per dataset tag and size, wt then wtsm then deq
     family_order = {'wt': 0, 'wtsm': 1, 'deq': 2}
@@ -669,7 +670,7 @@ def results_table(names: Iterable[str] = ()) -> str:
         its = f'{row["deq_iterations"]:.1f}' if row['deq_iterations'] is not None else '–'
         lines.append(f'| {row["model"]} | {row["tag"]} | {row["top1"]:.2f} | {row["top5"]:.2f} | {row["params"] / 1e6:.3f} '
                      f'| {row["gflops"]:.4f} | {row["images_per_s"]:,.0f} ({row["eval_device"]}) | {its} '
-                     f'| {row["trained_on"]} | {row["epochs"]} | {wall} | {per_epoch} |')
+                     f'| {row["trained_on"]}{", " + row["amp_dtype"] + " autocast" if row["amp_dtype"] else ""} | {row["epochs"]} | {wall} | {per_epoch} |')
     return '\n'.join(lines)
 
 
