@@ -32,12 +32,12 @@ test-fast: install
 # evaluate one pretrained checkpoint on the Fashion-MNIST test split, print the results table.
 HF_CACHE ?= .cache/hf-hub
 DEMO_MODEL ?= wt_resnet_small.fmnist
+OFFLINE := HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE)
 demo: install
 	$(PY) -m wt_zoo.hub install-cache --cache-dir $(HF_CACHE)
-	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub verify
-	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) -m wt_zoo.hub demo
-	HF_HUB_OFFLINE=1 HF_HUB_CACHE=$(HF_CACHE) $(PY) validate.py --model $(DEMO_MODEL) --pretrained \
-		--dataset fashion_mnist --split test
+	$(OFFLINE) $(PY) -m wt_zoo.hub verify
+	$(OFFLINE) $(PY) -m wt_zoo.hub demo
+	$(OFFLINE) $(PY) validate.py --model $(DEMO_MODEL) --pretrained --dataset fashion_mnist --split test
 	$(PY) -m wt_zoo.hub table
 
 profile: install

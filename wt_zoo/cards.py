@@ -189,6 +189,12 @@ def validation_figures(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
     return out
 
 
+def folder_validation(folder: Path, name: str) -> Dict[str, Any]:
+    """The card's figures from a Hub folder's validation results file."""
+    results = folder / VALIDATION_RESULTS
+    return validation_figures(select_result_row(read_result_rows(results), name, results), results)
+
+
 def _float_col(rows: List[Dict[str, str]], column: str) -> Optional[List[float]]:
     if not all(row.get(column) not in (None, '') for row in rows):
         return None
@@ -296,8 +302,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     model = model if model is not None else build_from_config(config)
     args = read_args(folder / TRAIN_ARGS)
     summary = read_summary(folder / TRAIN_SUMMARY)
-    val = validation_figures(select_result_row(read_result_rows(folder / VALIDATION_RESULTS), name,
-                                               folder / VALIDATION_RESULTS), folder / VALIDATION_RESULTS)
+    val = folder_validation(folder, name)
     train = training_figures(args, summary)
     pcfg = config['pretrained_cfg']
     family = name.split('_', 1)[0]

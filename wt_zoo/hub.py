@@ -36,8 +36,9 @@ from huggingface_hub.file_download import are_symlinks_supported, repo_folder_na
 from huggingface_hub.utils.sha import git_hash, sha_fileobj
 
 from .cards import (CARD, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, VALIDATION_RESULTS, HubFolderError,
-                    build_from_config, read_args, read_result_rows, read_summary, render_card, select_result_row,
-                    training_figures, validation_figures)
+                    build_from_config, folder_validation, read_args, read_result_rows, read_summary, render_card,
+                    select_result_row, training_figures, validation_figures)
+from . import FAMILIES
 from .hub_ids import HUB_ORG, REPO_HUB_CONFIGS, hub_configs_dirs, hub_repo_id, published_folders
 
 __all__ = [
@@ -349,10 +350,9 @@ def verify_folder(folder: Path, name: Optional[str] = None, check_registration: 
         except HubFolderError as e:
             problems += [] if str(e) in problems else [str(e)]
     if all((folder / f).is_file() for f in (VALIDATION_RESULTS, TRAIN_ARGS, TRAIN_SUMMARY, CARD)):
-        results = folder / VALIDATION_RESULTS
         try:
-            val = validation_figures(select_result_row(read_result_rows(results), name, results), results)
-            problems += results_problems(val, model, name, results)
+            val = folder_validation(folder, name)
+            problems += results_problems(val, model, name, folder / VALIDATION_RESULTS)
             if render_card(folder, name, model) != (folder / CARD).read_text():
                 problems.append(f'{folder / CARD}: differs from the card its results files generate; cards are '
                                 f'never edited by hand (python -m wt_zoo.hub card {name} regenerates it)')
@@ -643,8 +643,7 @@ def results_rows(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
     """One row per published folder, read from its validation and training results files."""
     rows = []
     for name, folder in _folders(names).items():
-        results = folder / VALIDATION_RESULTS
-        val = validation_figures(select_result_row(read_result_rows(results), name, results), results)
+        val = folder_validation(folder, name)
         train = training_figures(read_args(folder / TRAIN_ARGS), read_summary(folder / TRAIN_SUMMARY))
         arch, tag = name.split('.')
         rows.append(dict(model=arch, tag=tag, top1=val['top1'], top5=val['top5'], params=val['params'],
@@ -652,11 +651,11 @@ def results_rows(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
                          deq_iterations=val.get('deq_iterations'), trained_on=train['hardware'],
                          amp_dtype=train['amp_dtype'],
                          epochs=train['epochs_run'], wall_seconds=train['wall_seconds']))
-    # twins side by side: per dataset tag and size, wt then wtsm then deq
-    family_order = {'wt': 0, 'wtsm': 1, 'deq': 2}
-    rows.sort(key=lambda r: (r['tag'], r['model'].split('_', 1)[-1], family_order.get(r['model'].split('_', 1)[0], 3),
-                             r['model']))
-    return rows
+    def twins_side_by_side(row):  # per dataset tag and size: wt, then wtsm, then deq
+        family, size = row['model'].split('_', 1)
+        return row['tag'], size, FAMILIES.index(family) if family in FAMILIES else len(FAMILIES), row['model']
+
+    return sorted(rows, key=twins_side_by_side)
 
 
 def results_table(names: Iterable[str] = ()) -> str:
@@ -668,9 +667,10 @@ def results_table(names: Iterable[str] = ()) -> str:
         wall = f'{row["wall_seconds"] / 60:.0f} min' if row['wall_seconds'] else ''
         per_epoch = f'{row["wall_seconds"] / row["epochs"]:,.0f}' if row['wall_seconds'] else ''
         its = f'{row["deq_iterations"]:.1f}' if row['deq_iterations'] is not None else '–'
+        trained_on = row['trained_on'] + (f', {row["amp_dtype"]} autocast' if row['amp_dtype'] else '')
         lines.append(f'| {row["model"]} | {row["tag"]} | {row["top1"]:.2f} | {row["top5"]:.2f} | {row["params"] / 1e6:.3f} '
                      f'| {row["gflops"]:.4f} | {row["images_per_s"]:,.0f} ({row["eval_device"]}) | {its} '
-                     f'| {row["trained_on"]}{", " + row["amp_dtype"] + " autocast" if row["amp_dtype"] else ""} | {row["epochs"]} | {wall} | {per_epoch} |')
+                     f'| {trained_on} | {row["epochs"]} | {wall} | {per_epoch} |')
     return '\n'.join(lines)
 
 
@@ -692,8 +692,7 @@ def demo(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
             state = timm.create_model(model_name, pretrained=True).state_dict()
             row[how] = state.keys() == reference.keys() and all(
                 torch.equal(state[k], v) and state[k].dtype == v.dtype for k, v in reference.items())
-        results = folder / VALIDATION_RESULTS
-        val = validation_figures(select_result_row(read_result_rows(results), name, results), results)
+        val = folder_validation(folder, name)
         row.update(top1=val['top1'], params=val['params'], gflops=val['gflops'])
         rows.append(row)
     return rows
