@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 
-.PHONY: install datasets test test-fast demo profile clean
+.PHONY: install datasets test test-fast demo reproduce record-slice profile clean
 
 install: $(VENV)/.installed datasets
 
@@ -39,6 +39,18 @@ demo: install
 	$(OFFLINE) $(PY) -m wt_zoo.hub demo
 	$(OFFLINE) $(PY) validate.py --model $(DEMO_MODEL) --pretrained --dataset fashion_mnist --split test
 	$(PY) -m wt_zoo.hub table
+
+# NAMES='wt_resnet_tiny.c10 ...' narrows reproduce and record-slice to some tags (default: all).
+NAMES ?=
+# Re-validate every published tag on the full test split against its card's top-1; non-zero exit on a
+# mismatch. Not in CI (about 25 minutes on 2 CPU cores): CI re-validates the fixed slice instead.
+reproduce: install
+	$(PY) -m wt_zoo.hub reproduce $(NAMES)
+
+# After publishing or replacing checkpoints: measure every tag's CI slice into hub_configs/<name>/slice_results.json
+# (the card and SHA256SUMS follow). Idempotent.
+record-slice: install
+	$(PY) -m wt_zoo.hub record-slice $(NAMES)
 
 profile: install
 	$(PY) -m wt_zoo.profile

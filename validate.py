@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add('--img-size', type=int, default=None, help='input image size (square)')
     add('--model-kwargs', nargs='*', default={}, action=wt_training.ParseKwargs, metavar='K=V', help='extra model arguments')
     add('--data-dir', default=None, help='dataset folder (default: WT_ZOO_<DATASET> env var or the built-in location)')
-    add('--dataset', default='cifar10', help="cifar10, cifar100, fashion_mnist, '' (image folder) or a timm dataset")
+    add('--dataset', default='', help="cifar10, cifar100, fashion_mnist, '' (an image folder in --data-dir, as in "
+        "timm) or a timm dataset")
     add('--dataset-download', action='store_true', help='download with torchvision if missing (needs internet)')
     add('--data-cache', default=None, help='folder for decoded-image caches (default ~/.cache/wt_zoo)')
     add('--split', default='test', help="'test', 'val' (held out from train; needs --val-split-size) or 'train'")
@@ -168,6 +169,7 @@ def validate_one(name: str, args, ctx) -> Dict[str, object]:
         top1=round(metrics['top1'], 4), top5=round(metrics['top5'], 4), loss=round(metrics['loss'], 6),
         images_per_s=round(metrics['images_per_s'], 2), params=sum(p.numel() for p in model.parameters()),
     )
+    row.update({k: round(v, 6) for k, v in metrics.items() if k.startswith('solver_')})
     if not args.no_flops:
         first_batch = next(iter(loader))[0][:64]
         row.update(_gflops(model, input_size, first_batch))

@@ -38,11 +38,12 @@ one() {
   local run="$OUT/train/$name" log="$OUT/logs/$name.log" results="$OUT/results/$name.json"
   local resume=()
   [ -f "$run/last.pth.tar" ] && resume=(--resume "$run")
+  # Each step only after the previous one succeeded (errexit does not apply inside an && list).
   {
     "$PY" train.py --config "$config" --output "$OUT/train" --experiment "$name" --no-progress \
-      "${resume[@]}" "${EXTRA[@]}"
+      "${resume[@]}" "${EXTRA[@]}" &&
     "$PY" validate.py --model "local-dir:$run" --pretrained --dataset "$dataset" --split test \
-      --results-file "$results"
+      --results-file "$results" &&
     if [ "$EXPORT" = 1 ]; then
       "$PY" -m wt_zoo.hub export "$run" "$results" --name "$name" --overwrite
     fi

@@ -136,8 +136,8 @@ def test_local_dir_and_hf_hub_load_the_exported_folder(exported_tiny, fake_cifar
 
 def test_held_out_split_can_be_validated(exported_tiny, fake_cifar10, tmp_path):
     _, folder = exported_tiny
-    validate.main(['--model', 'wt_resnet_tiny', '--checkpoint', str(folder / 'model.safetensors'), '--data-dir',
-                   str(fake_cifar10), '--split', 'val', '--val-split-size', '0.2', '--no-flops', '--results-file',
+    validate.main(['--model', 'wt_resnet_tiny', '--checkpoint', str(folder / 'model.safetensors'), '--dataset',
+                   'cifar10', '--data-dir', str(fake_cifar10), '--split', 'val', '--val-split-size', '0.2', '--no-flops', '--results-file',
                    str(tmp_path / 'val.json')])
     row = json.loads((tmp_path / 'val.json').read_text())[0]
     assert row['split'] == 'val' and row['samples'] == 64  # 20% of the 320 training images
@@ -152,5 +152,5 @@ def test_held_out_split_can_be_validated(exported_tiny, fake_cifar10, tmp_path):
 ])
 def test_bad_requests_get_clear_errors(argv, expected, fake_cifar10, capsys):
     with pytest.raises(SystemExit) as stop:
-        validate.main(['--data-dir', str(fake_cifar10), '--no-flops', *argv])
+        validate.main(['--dataset', 'cifar10', '--data-dir', str(fake_cifar10), '--no-flops', *argv])
     assert expected in str(stop.value) + capsys.readouterr().err

@@ -3,10 +3,13 @@
 A card is never written by hand: :func:`render_card` builds ``README.md`` from the folder's own
 ``config.json``, the training run's ``train_args.yaml`` and ``train_summary.csv`` (train.py's
 args.yaml and summary.csv, copied by ``python -m wt_zoo.hub export``) and
-``validation_results.json`` (validate.py's row for this checkpoint). ``hub verify`` renders the card
-again and fails on any difference, so the figures in a card are always those of the files beside it.
+``validation_results.json`` (validate.py's row for this checkpoint), and ``slice_results.json`` (the
+figure of the fixed slice CI re-validates, recorded by ``python -m wt_zoo.hub record-slice``) where
+it exists. ``hub verify`` renders the card again and fails on any difference, so the figures in a card
+are always those of the files beside it.
 """
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +22,14 @@ from .hub_ids import hub_repo_id
 
 __all__ = [
     'HubFolderError', 'DatasetInfo', 'TAG_DATASETS', 'TRAIN_ARGS', 'TRAIN_SUMMARY', 'VALIDATION_RESULTS', 'CARD',
-    'PAPER_BIBTEX', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row', 'validation_figures',
-    'training_figures', 'build_from_config', 'render_card',
+    'PAPER_BIBTEX', 'SLICE_RESULTS', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
+    'validation_figures', 'folder_validation', 'folder_slice', 'training_figures', 'build_from_config', 'render_card',
 ]
 
 TRAIN_ARGS = 'train_args.yaml'
 TRAIN_SUMMARY = 'train_summary.csv'
 VALIDATION_RESULTS = 'validation_results.json'
+SLICE_RESULTS = 'slice_results.json'
 CARD = 'README.md'
 
 PAPER_TITLE = 'Revisiting Implicit Models: Sparsity Trade-offs Capability in Weight-tied Model for Vision Tasks'
@@ -195,6 +199,36 @@ def folder_validation(folder: Path, name: str) -> Dict[str, Any]:
     return validation_figures(select_result_row(read_result_rows(results), name, results), results)
 
 
+_SLICE_KEYS = ('slice', 'validate_args', 'command', 'weights_sha256', 'top1', 'top5', 'samples', 'correct')
+
+
+def folder_slice(folder: Path) -> Optional[Dict[str, Any]]:
+    """The CI slice figures recorded in a Hub folder (None: none recorded yet).
+
+    Refused when they were recorded for other weights than the folder's: replaced weights must be
+    measured again before the card may state a slice figure.
+    """
+    folder = Path(folder)
+    path = folder / SLICE_RESULTS
+    if not path.is_file():
+        return None
+    redo = f'python -m wt_zoo.hub record-slice {folder.name} records it again'
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise HubFolderError(f'{path}: not valid JSON ({e}); {redo}') from None
+    missing = [k for k in _SLICE_KEYS if k not in record] if isinstance(record, dict) else list(_SLICE_KEYS)
+    if missing:
+        raise HubFolderError(f'{path}: lacks {", ".join(missing)}; {redo}')
+    weights = folder / 'model.safetensors'
+    if weights.is_file():
+        with open(weights, 'rb') as f:
+            digest = hashlib.file_digest(f, 'sha256').hexdigest()
+        if digest != record['weights_sha256']:
+            raise HubFolderError(f'{path}: recorded for other weights than {weights} (sha256 {digest}); {redo}')
+    return record
+
+
 def _float_col(rows: List[Dict[str, str]], column: str) -> Optional[List[float]]:
     if not all(row.get(column) not in (None, '') for row in rows):
         return None
@@ -303,6 +337,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     args = read_args(folder / TRAIN_ARGS)
     summary = read_summary(folder / TRAIN_SUMMARY)
     val = folder_validation(folder, name)
+    ci_slice = folder_slice(folder)
     train = training_figures(args, summary)
     pcfg = config['pretrained_cfg']
     family = name.split('_', 1)[0]
@@ -332,6 +367,13 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
            'taken at that many iterations' if 'deq_iterations' in val else '') + '.',
         f'- images/s: inference throughput on `{val["device"]}`'
         + (f' at batch size {val["batch_size"]}' if 'batch_size' in val else '') + '.',
+    ]
+    if ci_slice:
+        lines.append(f'- Fixed slice re-validated by wt-zoo\'s CI: {ci_slice["slice"]["description"]}; top-1 '
+                     f'{ci_slice["top1"]:.2f} %, top-5 {ci_slice["top5"]:.2f} % ({ci_slice["correct"]} of '
+                     f'{ci_slice["samples"]} images right), recorded in `{SLICE_RESULTS}` with the command that '
+                     'measured it.')
+    lines += [
         '',
         '## Model details', '',
         f'- timm name: `{name}` (architecture `{arch}`, pretrained tag `{tag}`); Hub repository `{repo}`.',

@@ -159,9 +159,10 @@ def parse_kwargs_value(text: str) -> Any:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The bare model under DDP and torch.compile wrappers."""
+    """The bare model under DDP, torch.compile and timm EMA wrappers."""
+    from timm.utils import ModelEmaV3
     while True:
-        if hasattr(model, 'module') and isinstance(model, nn.parallel.DistributedDataParallel):
+        if hasattr(model, 'module') and isinstance(model, (nn.parallel.DistributedDataParallel, ModelEmaV3)):
             model = model.module
         elif hasattr(model, '_orig_mod'):
             model = model._orig_mod
@@ -191,8 +192,8 @@ def load_model_weights(model: nn.Module, path: Union[str, Path], use_ema: bool =
     if not path.is_file():
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     if path.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        state_dict = load_file(str(path))
+        from .hub import load_weights  # a truncated or corrupt file fails naming it, not with safetensors' error
+        state_dict = load_weights(path)
     else:
         state_dict = _checkpoint_state_dict(load_checkpoint_file(path), use_ema, path)
     state_dict = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state_dict.items()}
@@ -513,6 +514,31 @@ def mean_solver_steps(model: nn.Module) -> Optional[float]:
     return float(np.mean([float(s) for s in steps])) if steps else None
 
 
+class SolverTally:
+    """What a DEQ's solvers did over the batches of an evaluation (nothing for other models).
+
+    Per batch, the mean iterations over stages and the worst stage's relative residual (the worst
+    over the batch's images, as torchdeq reports it); the summary averages both over batches and
+    keeps the largest residual.
+    """
+
+    def __init__(self):
+        self.nsteps: List[float] = []
+        self.residuals: List[float] = []
+
+    def add(self, model: nn.Module) -> None:
+        stats = getattr(unwrap(model), 'solver_stats', None)
+        if stats:
+            self.nsteps.append(float(np.mean([s['nstep'] for s in stats.values()])))
+            self.residuals.append(max(s['rel_residual'] for s in stats.values()))
+
+    def summary(self) -> Dict[str, float]:
+        if not self.nsteps:
+            return {}
+        return dict(solver_nstep=float(np.mean(self.nsteps)), solver_rel_residual=float(np.mean(self.residuals)),
+                    solver_rel_residual_max=float(np.max(self.residuals)))
+
+
 def _topk_correct(output: torch.Tensor, target: torch.Tensor, ks: Tuple[int, ...]) -> List[torch.Tensor]:
     maxk = min(max(ks), output.shape[1])
     pred = output.topk(maxk, dim=1).indices
@@ -685,9 +711,11 @@ def evaluate(
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     bar = _progress(loader, len(loader), desc, progress and ctx.is_primary)
     start, timed = time.perf_counter(), 0
+    solver = SolverTally()
     for i, (x, y) in enumerate(bar):
         with autocast():
             output = model(x)
+        solver.add(model)
         output = output.float()
         top1, top5 = _topk_correct(output, y, (1, 5))
         sums += torch.stack([F.cross_entropy(output, y, reduction='sum').double(), top1.double(), top5.double(),
@@ -706,4 +734,5 @@ def evaluate(
     if count == 0:
         raise RuntimeError('evaluation loader yielded no images')
     return dict(loss=float(sums[0]) / count, top1=100 * float(sums[1]) / count, top5=100 * float(sums[2]) / count,
-                samples=int(count), seconds=elapsed, images_per_s=timed * ctx.world_size / max(elapsed, 1e-9))
+                samples=int(count), seconds=elapsed, images_per_s=timed * ctx.world_size / max(elapsed, 1e-9),
+                **solver.summary())

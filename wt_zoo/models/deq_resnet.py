@@ -31,6 +31,7 @@ class EquilibriumImplicit(nn.Module):
                                   b_max_iter=b_max_iter, grad_mode=grad_mode, phantom_steps=phantom_steps)
         self.last_stats: Optional[SolverStats] = None
         self.jac_loss: Optional[torch.Tensor] = None
+        self.unrolled_depth = 0  # > 0: train unrolled this many steps instead of solving (warm-up)
         self._warned = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,9 +39,22 @@ class EquilibriumImplicit(nn.Module):
         if x.device.type == 'meta':
             # No values to iterate on: one application gives the output's shape and dtype.
             return self.block(z_init, x)
+        if self.unrolled_depth and self.training:
+            z = z_init
+            for _ in range(self.unrolled_depth):
+                z = self.block(z, x)
+            self.last_stats, self.jac_loss = None, None
+            return z
+
+        # torchdeq calls func again inside backward (implicit gradient), where autocast is no longer on:
+        # carry the forward's autocast state so both see the same function.
+        device_type = x.device.type
+        autocast_on = torch.is_autocast_enabled(device_type)
+        autocast_dtype = torch.get_autocast_dtype(device_type)
 
         def func(z):
-            return self.block(z, x)
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
+                return self.block(z, x)
 
         z_star, stats = solve(self.deq, func, z_init, self.f_tol)
         if not torch.isfinite(z_star).all():
@@ -61,7 +75,10 @@ class EquilibriumImplicit(nn.Module):
 
 
 class DEQResNet(ImplicitResNet):
-    """DEQ twin of :class:`WTResNet`: identical parameters, the stage solved instead of unrolled."""
+    """DEQ twin of :class:`WTResNet`: identical parameters, the stage solved instead of unrolled.
+
+    ``warmup_depth`` is the twin's depth: what :meth:`set_unrolled_warmup` unrolls during training.
+    """
     unrolled = False
 
     def __init__(
@@ -74,14 +91,28 @@ class DEQResNet(ImplicitResNet):
             grad_mode: str = 'phantom',
             phantom_steps: int = 2,
             jac_reg_weight: float = 0.0,
+            warmup_depth: int = 6,
             **kwargs,
     ):
+        if not isinstance(warmup_depth, int) or warmup_depth < 1:
+            raise ValueError(f'warmup_depth must be a positive integer, got {warmup_depth!r}')
+        self.warmup_depth = warmup_depth
         deq_args = dict(f_solver=f_solver, f_max_iter=f_max_iter, f_tol=f_tol, b_solver=b_solver, b_max_iter=b_max_iter,
                         grad_mode=grad_mode, phantom_steps=phantom_steps, jac_reg_weight=jac_reg_weight)
         check_solver_args(**deq_args)
         self.deq_args = deq_args
         super().__init__(
             implicit_layer=lambda block, stage_index, device: EquilibriumImplicit(block, **deq_args), **kwargs)
+
+    @torch.jit.ignore
+    def set_unrolled_warmup(self, enable: bool = True) -> None:
+        """Train each stage as its weight-tied twin (``warmup_depth`` unrolled steps) instead of solving.
+
+        MDEQ's pretraining: the unrolled steps give the block a useful, stable map before the solver
+        and its approximate gradients take over. Evaluation always solves.
+        """
+        for layer in self.implicit_layers():
+            layer.unrolled_depth = self.warmup_depth if enable else 0
 
     @property
     def solver_stats(self) -> Dict[str, Dict[str, float]]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.layers import ClassifierHead, get_device_dtype, register_notrace_function
-from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs
+from timm.models import build_model_with_cfg, checkpoint, generate_default_cfgs, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
 from ..hub_ids import published_hub_ids
@@ -314,8 +314,14 @@ def create_implicit_resnet(model_cls: type, variant: str, pretrained: bool = Fal
     size = variant.rsplit('_', 1)[-1]
     model_args = dict(MODEL_SIZES[size])
     if not model_cls.unrolled:
-        model_args.pop('depth')
+        model_args['warmup_depth'] = model_args.pop('depth')  # a DEQ's unrolled warm-up runs as its WT twin
     model_args.update(kwargs)
+    if pretrained:  # the Hub's cache, else the clone's hub_configs/ when offline; a corrupt file named
+        from ..hub import pretrained_cfg_overlay  # here, not at the top: wt_zoo.hub imports the models
+        cfg = resolve_pretrained_cfg(variant, model_args.get('pretrained_cfg'), model_args.get('pretrained_cfg_overlay'))
+        overlay = pretrained_cfg_overlay(cfg.to_dict(), model_args.get('cache_dir'))
+        if overlay:
+            model_args['pretrained_cfg_overlay'] = {**(model_args.get('pretrained_cfg_overlay') or {}), **overlay}
     return build_model_with_cfg(
         model_cls, variant, pretrained,
         feature_cfg=dict(feature_cls='getter', flatten_sequential=True, out_indices=tuple(range(model_args['num_stages'] + 1))),

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Train the zoo's checkpoints on a lent GPU in one call, validate them on the test split there, and
+# pack what comes back under $OUT. Export into hub_configs/ happens afterwards on the workstation
+# (`python -m wt_zoo.hub export RUN RESULTS --name NAME`), where the cards are generated.
+#
+#   OUT=/tmp/out bash scripts/device_checkpoints.sh
+#
+# Three groups train side by side: the tiny CIFAR-10 twins (plus three DEQ variants that choose the
+# DEQ settings on the held-out split), the small CIFAR-10 twins and the small Fashion-MNIST twins.
+# Each group's common epoch count comes from `python -m wt_zoo.bench budget` and its minutes
+# (TINY_MIN, SMALL_MIN, FMNIST_MIN: device minutes as if the group ran one recipe after another).
+# Wheels in .whl/ (timm, torchdeq, fvcore and the like) are installed first where the machine lacks
+# them; datasets are read from .data/ when present. A CPU dry run: TRAIN_FLAGS="--device cpu
+# --train-subset 512 --eval-subset 256" with small minutes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/device-out}
+WORK=${WORK:-/tmp/wt-zoo-device}
+PY=${PY:-python3}
+TINY_MIN=${TINY_MIN:-1.5}
+SMALL_MIN=${SMALL_MIN:-2.6}
+FMNIST_MIN=${FMNIST_MIN:-1.9}
+DEADLINE_S=${DEADLINE_S:-440}   # training and test validation together; later runs are cut off
+TRAIN_FLAGS=${TRAIN_FLAGS:---device cuda}
+C=configs
+mkdir -p "$OUT" "$WORK/plans"
+if [ -d .whl ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PY PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+[ -d .data/cifar10-jpeg ] && export WT_ZOO_CIFAR10=$PWD/.data/cifar10-jpeg
+[ -d .data/fashion-mnist ] && export WT_ZOO_FASHION_MNIST=$PWD/.data/fashion-mnist
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
+$PY -c "import torch, timm, torchdeq; print('torch', torch.__version__, 'timm', timm.__version__)" || exit 1
+START=$SECONDS
+
+plan() {  # plan NAME MINUTES CONFIG... : the group's common epochs
+  local name=$1 minutes=$2
+  shift 2
+  $PY -m wt_zoo.bench budget --minutes "$minutes" --json "$WORK/plans/$name.json" --train-args="$TRAIN_FLAGS" "$@" \
+    >/dev/null 2>"$WORK/plans/$name.log" || { tail -20 "$WORK/plans/$name.log" >&2; return 1; }
+  $PY -c "import json, sys; print(json.load(open(sys.argv[1]))['epochs'])" "$WORK/plans/$name.json"
+}
+
+deq_variant() {  # deq_variant NAME EPOCHS TRAIN FLAGS...: a tiny DEQ variant, trained and validated like the twins
+  local name=$1 epochs=$2 dir=$WORK/tiny
+  shift 2
+  mkdir -p "$dir/logs" "$dir/results"
+  { $PY train.py --config $C/deq_resnet_tiny.c10.yaml --output "$dir/train" --experiment "$name" --no-progress \
+      $TRAIN_FLAGS --epochs "$epochs" "$@" &&
+    $PY validate.py --model "local-dir:$dir/train/$name" --pretrained --dataset cifar10 --split test \
+      --results-file "$dir/results/$name.json"; } >"$dir/logs/$name.log" 2>&1 && echo "done: $name" ||
+    echo "FAILED: $name (see $dir/logs/$name.log)"
+}
+
+TINY=$(plan tiny "$TINY_MIN" $C/{wt,wtsm}_resnet_tiny.c10.yaml $C/deq_resnet_tiny.c10.yaml $C/deq_resnet_tiny.c10.yaml \
+  $C/deq_resnet_tiny.c10.yaml $C/deq_resnet_tiny.c10.yaml) || exit 1
+SMALL=$(plan small "$SMALL_MIN" $C/{wt,wtsm,deq}_resnet_small.c10.yaml) || exit 1
+FMNIST=$(plan fmnist "$FMNIST_MIN" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml) || exit 1
+echo "epochs: tiny $TINY, small $SMALL, fmnist $FMNIST (planned in $((SECONDS - START)) s)"
+
+pids=()
+scripts/train_checkpoints.sh -n -j 3 -o "$WORK/tiny" $C/{wt,wtsm,deq}_resnet_tiny.c10.yaml -- $TRAIN_FLAGS --epochs "$TINY" &
+pids+=($!)
+deq_variant deq_tiny_plain "$TINY" --unrolled-warmup-epochs 0 --model-kwargs jac_reg_weight=0 & pids+=($!)
+deq_variant deq_tiny_warmup "$TINY" --model-kwargs jac_reg_weight=0 & pids+=($!)
+deq_variant deq_tiny_implicit "$TINY" --model-kwargs grad_mode=implicit & pids+=($!)
+scripts/train_checkpoints.sh -n -j 3 -o "$WORK/small" $C/{wt,wtsm,deq}_resnet_small.c10.yaml -- $TRAIN_FLAGS --epochs "$SMALL" &
+pids+=($!)
+scripts/train_checkpoints.sh -n -j 3 -o "$WORK/fmnist" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml -- $TRAIN_FLAGS --epochs "$FMNIST" &
+pids+=($!)
+
+# Wait until all finish or the deadline passes; then stop what is left (its folder keeps last.pth.tar for --resume).
+while [ $((SECONDS - START)) -lt "$DEADLINE_S" ] && [ -n "$(jobs -rp)" ]; do sleep 2; done
+if [ -n "$(jobs -rp)" ]; then
+  echo "deadline ${DEADLINE_S}s reached: stopping unfinished runs"
+  pkill -TERM -f "train.py --config" ; pkill -TERM -f validate.py; sleep 3
+fi
+wait
+
+# DEQ test-time solving with a larger iteration cap: does the trained block converge?
+for run in "$WORK"/*/train/deq*; do
+  [ -f "$run/model.safetensors" ] || continue
+  group=$(dirname "$(dirname "$run")")
+  name=$(basename "$run")
+  dataset=$(sed -n 's/^dataset: //p' "$run/args.yaml")
+  $PY validate.py --model "local-dir:$run" --pretrained --dataset "$dataset" --split test --no-flops \
+    --model-kwargs f_max_iter=30 --results-file "$group/results/$name.f_max_iter30.json" >>"$group/logs/$name.log" 2>&1
+done
+echo "finished in $((SECONDS - START)) s"
+
+# A finished run keeps its weights; an unfinished one its last.pth.tar (for --resume), if the archive
+# stays under the device tool's 16 MiB a file.
+for run in "$WORK"/*/train/*; do
+  [ -f "$run/model.safetensors" ] && rm -f "$run"/*.pth.tar
+  rm -f "$run/best.pth.tar"
+done
+for group in tiny small fmnist; do
+  [ -d "$WORK/$group" ] || continue
+  tar czf "$OUT/$group.tar.gz" -C "$WORK" "$group"
+  [ "$(stat -c %s "$OUT/$group.tar.gz")" -lt 16000000 ] || tar czf "$OUT/$group.tar.gz" -C "$WORK" --exclude='*.pth.tar' "$group"
+done
+tar czf "$OUT/plans.tar.gz" -C "$WORK" plans
+for f in "$WORK"/*/results/*.json; do
+  $PY -c "import json, sys; r = json.load(open(sys.argv[1]))[0]; print(sys.argv[1].split('/')[-1], r['top1'], r.get('solver_nstep', ''), r.get('solver_rel_residual', ''))" "$f"
+done
+grep -h "epoch [0-9]*:" "$WORK"/*/logs/*.log | tail -5
+ls -la "$OUT"

@@ -1,0 +1,178 @@
+"""time-to-accuracy: held-out top-1 against training minutes, twins under one recipe and one wall-clock budget.
+
+For each recipe (a train.py ``--config``), the epochs that fit ``--minutes`` of training on this
+machine are planned from timed steps (as ``bench budget`` does, with the fast path the recipe
+chooses), then the recipe trains as train.py would (:class:`wt_zoo.trainer.TrainingRun`, a normal
+run folder under ``--runs``, resumable: rerunning the command continues an unfinished run with its
+saved plan). After every epoch the held-out split is evaluated (the EMA's figure when the recipe
+keeps one); the curve is held-out top-1 against cumulative training minutes, evaluation excluded.
+The finished run's weights are evaluated once on the test split, for the summary, never to choose
+anything.
+
+Results (``--out``, default results/time_to_accuracy): curves.{csv,json}, summary.{csv,json} with
+the minutes each run took to reach each ``--thresholds`` accuracy, time_to_accuracy.png (one curve
+per model), README.md, run.json. Rows are merged by model, so twins measured in separate sittings
+share one folder; each summary row keeps its own command, commit and machine.
+
+    python -m wt_zoo.bench time-to-accuracy --minutes 55 configs/wt_resnet_tiny.c10.yaml
+"""
+import json
+import math
+import shlex
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from ..training import atomic_write_text, plain
+from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
+
+__all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows']
+
+PLAN_FILE = 'time_to_accuracy_plan.json'
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument('configs', nargs='+', metavar='CONFIG.yaml', help='train.py recipes (twins), run one after another')
+    parser.add_argument('--minutes', type=float, required=True, help='training wall-clock budget per recipe')
+    parser.add_argument('--thresholds', type=float, nargs='+', default=[80, 85, 88, 90],
+                        help='held-out top-1 levels whose time to reach is reported')
+    parser.add_argument('--runs', default='output/time_to_accuracy', help='parent folder of the run folders')
+    parser.add_argument('--out', default=str(REPO_ROOT / 'results' / 'time_to_accuracy'), help='results folder')
+    parser.add_argument('--train-args', default='', metavar='"FLAGS"',
+                        help='train.py flags for every recipe, one string: --train-args="--device cuda"')
+
+
+def minutes_to_reach(curve: Sequence[Dict[str, Any]], threshold: float) -> Optional[float]:
+    """Training minutes at the first evaluation whose held-out top-1 is at least ``threshold``."""
+    for point in curve:
+        if point['heldout_top1'] >= threshold:
+            return point['train_minutes']
+    return None
+
+
+def curve_rows(model: str, history: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """One point per epoch: cumulative training minutes and the held-out top-1 (the EMA's when kept)."""
+    rows, seconds = [], 0.0
+    for row in history:
+        seconds += float(row['epoch_seconds'])
+        top1 = row.get('ema_eval_top1', row['eval_top1'])
+        rows.append(dict(model=model, epoch=int(row['epoch']) + 1, train_minutes=round(seconds / 60, 3),
+                         heldout_top1=round(float(top1), 3), heldout_top1_raw=round(float(row['eval_top1']), 3),
+                         images_per_s=round(float(row['images_per_s']), 1)))
+    return rows
+
+
+def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str]) -> Dict[str, Any]:
+    """Epochs that fit the budget, measured once and kept in the run folder so a resumed run keeps them."""
+    from .budget import measure
+    path = run_dir / PLAN_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved['minutes'] != minutes:
+            raise SystemExit(f'error: {run_dir} was planned for {saved["minutes"]} min, not {minutes}; '
+                             'use another --runs folder or the same --minutes')
+        return saved
+    row = measure(config, train_args)
+    epochs = math.floor(minutes * 60 / row['train_seconds_per_epoch'])
+    if epochs < 1:
+        raise SystemExit(f'error: {minutes} min fit no epoch of {config} '
+                         f'({row["train_seconds_per_epoch"]:.0f} s per epoch here)')
+    plan = dict(row, minutes=minutes, epochs=epochs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(plain(plan), indent=2) + '\n')
+    return plan
+
+
+def _train(config: str, plan: Dict[str, Any], run_dir: Path, train_args: List[str]):
+    from ..trainer import TrainingRun, parse_train_args
+    flags = ['--config', config, '--epochs', str(plan['epochs']), '--output', str(run_dir.parent), '--experiment',
+             run_dir.name, '--no-progress', *train_args]
+    if (run_dir / 'last.pth.tar').is_file():
+        flags += ['--resume', str(run_dir)]
+    run = TrainingRun(parse_train_args(flags))
+    try:
+        run.run()
+        return run, _test_top1(run)
+    finally:
+        run.close()
+
+
+def _test_top1(run) -> float:
+    """The finished weights (the EMA's when kept) on the test split, once, for the summary."""
+    from ..data import create_eval_loader
+    from ..training import evaluate
+    model = run.model_ema.module if run.model_ema is not None else run.model
+    loader = create_eval_loader(run.spec, 'test', run.data_config, run.args.validation_batch_size or run.args.batch_size,
+                                run.ctx.device, channels_last=run.args.channels_last == 'on')
+    return evaluate(model, loader, run.ctx, run.amp_dtype)['top1']
+
+
+def _merge(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    replaced = {row['model'] for row in new}
+    return [row for row in old if row['model'] not in replaced] + new
+
+
+def _read(folder: Path, name: str) -> List[Dict[str, Any]]:
+    path = folder / f'{name}.json'
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _plot(curves: List[Dict[str, Any]], thresholds: Sequence[float], path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for model in dict.fromkeys(row['model'] for row in curves):
+        points = [r for r in curves if r['model'] == model]
+        ax.plot([r['train_minutes'] for r in points], [r['heldout_top1'] for r in points], marker='o', ms=3,
+                label=model)
+    for level in thresholds:
+        ax.axhline(level, color='0.85', lw=0.8, zorder=0)
+    ax.set_xlabel('training minutes (evaluation excluded)')
+    ax.set_ylabel('held-out top-1 (%)')
+    ax.set_title('CIFAR-10 held-out top-1 against training time')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args, argv) -> int:
+    out = Path(args.out)
+    load = warn_if_busy('time-to-accuracy minutes')
+    folder = ResultsFolder(out, 'time-to-accuracy', argv, settings=vars(args))
+    train_args = shlex.split(args.train_args)
+    curves, summary = _read(out, 'curves'), _read(out, 'summary')
+    for config in args.configs:
+        name = Path(config).stem
+        run_dir = Path(args.runs) / name
+        plan = _plan(config, args.minutes, run_dir, train_args)
+        log(f'{name}: {plan["epochs"]} epochs planned for {args.minutes} min '
+            f'({plan["train_seconds_per_epoch"]:.1f} s per epoch, amp {plan["amp"]}, channels_last {plan["channels_last"]})')
+        trained, test_top1 = _train(config, plan, run_dir, train_args)
+        points = curve_rows(trained.args.model, trained.history)
+        row = dict(model=trained.args.model, config=config, epochs=plan['epochs'], budget_minutes=args.minutes,
+                   train_minutes=points[-1]['train_minutes'], heldout_top1=points[-1]['heldout_top1'],
+                   test_top1=round(test_top1, 3), images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1),
+                   amp=trained.args.amp, channels_last=trained.args.channels_last, hardware=plan['hardware'],
+                   run_folder=str(run_dir), load_average_1min=load, command=folder.provenance['command'],
+                   git_commit=folder.provenance['git_commit'], date=folder.provenance['date'])
+        row.update({f'minutes_to_{level:g}': minutes_to_reach(points, level) for level in args.thresholds})
+        curves, summary = _merge(curves, points), _merge(summary, [row])
+        folder.write_table('curves', curves)
+        folder.write_table('summary', summary)
+    _plot(curves, args.thresholds, out / 'time_to_accuracy.png')
+    columns = [Column('model', 'model'), Column('epochs', 'epochs'), Column('train_minutes', 'training min', '{:.1f}'),
+               Column('heldout_top1', 'held-out top-1', '{:.2f}'), Column('test_top1', 'test top-1', '{:.2f}'),
+               *[Column(f'minutes_to_{level:g}', f'min to {level:g} %', '{:.1f}') for level in args.thresholds],
+               Column('images_per_s', 'train img/s', '{:.0f}'), Column('amp', 'amp'),
+               Column('channels_last', 'channels_last'), Column('hardware', 'hardware'),
+               Column('load_average_1min', 'load at start', '{:.2f}'), Column('git_commit', 'commit',
+                                                                               lambda c: f'`{c[:10]}`')]
+    folder.finish('Time to accuracy', [
+        'Held-out top-1 (5,000 images held out of the CIFAR-10 training split; the EMA\'s figure where the recipe '
+        'keeps one) against cumulative training minutes, evaluation excluded. Test top-1 is the finished '
+        'weights on the test split, measured once. Each row names the command and commit that made it; a blank '
+        '"min to" cell means the run never reached that level.',
+        markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)'])
+    return 0
