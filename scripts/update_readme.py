@@ -6,7 +6,8 @@
 
 Each table sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``: ``results/profile.md``
 (made by ``python -m wt_zoo.profile``) and ``checkpoints`` (``python -m wt_zoo.hub table``, read
-from the hub_configs folders' results files).
+from the hub_configs folders' results files), ``time_to_accuracy`` and ``train_speed`` (read from
+results/time_to_accuracy and results/train_speed, written by ``python -m wt_zoo.bench``).
 """
 import argparse
 import re
@@ -17,10 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def sections():
+    from wt_zoo.bench import time_to_accuracy, train_speed
     from wt_zoo.hub import results_table
     return {
         'results/profile.md': (REPO / 'results' / 'profile.md').read_text().strip(),
         'checkpoints': results_table(),
+        'time_to_accuracy': time_to_accuracy.readme_section(),
+        'train_speed': train_speed.readme_section(),
     }
 
 

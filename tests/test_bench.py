@@ -196,3 +196,83 @@ def test_guidelines_without_sweep_results_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match='run `python -m wt_zoo.bench sweep` first'):
         bench_main(['guidelines', '--sweep-results', str(tmp_path / 'missing'), '--out', str(tmp_path / 'g.md')])
     assert not (tmp_path / 'g.md').exists()
+
+
+def test_budget_plans_the_common_epochs_that_fit():
+    from wt_zoo.bench.budget import plan_epochs
+    rows = [dict(train_seconds_per_epoch=10.0, eval_share=0.1), dict(train_seconds_per_epoch=20.0, eval_share=0.0)]
+    assert plan_epochs(rows, 2) == 3  # 31 s per epoch for both twins, 120 s
+    assert plan_epochs(rows, 2, max_epochs=2) == 2
+    with pytest.raises(ValueError, match='fewer than --min-epochs 4'):
+        plan_epochs(rows, 2, min_epochs=4)
+
+
+def test_time_to_accuracy_curve_and_minutes_to_reach():
+    from wt_zoo.bench.time_to_accuracy import curve_rows, minutes_to_reach
+    history = [dict(epoch=0, epoch_seconds=30.0, eval_top1=50.0, images_per_s=100.0),
+               dict(epoch=1, epoch_seconds=30.0, eval_top1=70.0, ema_eval_top1=81.0, images_per_s=120.0)]
+    points = curve_rows('m', history)
+    assert [p['train_minutes'] for p in points] == [0.5, 1.0] and [p['epoch'] for p in points] == [1, 2]
+    assert points[1]['heldout_top1'] == 81.0 and points[1]['heldout_top1_raw'] == 70.0  # the EMA's when kept
+    assert minutes_to_reach(points, 50) == 0.5 and minutes_to_reach(points, 80) == 1.0
+    assert minutes_to_reach(points, 90) is None
+
+
+def test_time_to_accuracy_bars_need_both_the_accuracy_and_the_minutes():
+    from wt_zoo.bench.time_to_accuracy import bar_lines
+    row = dict(model='wt_resnet_tiny.c10', test_top1=88.0, train_minutes=59.9, hardware='CPU')
+    assert bar_lines([row])[0].endswith('**met**')
+    assert bar_lines([dict(row, train_minutes=60.5)])[0].endswith('**not met**')
+    assert bar_lines([dict(row, test_top1=87.99)])[0].endswith('**not met**')
+    assert bar_lines([dict(row, model='wtsm_resnet_tiny.c10')]) == []
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10, data_cache, tmp_path):
+    from conftest import REPO_ROOT
+    out, runs = tmp_path / 'results', tmp_path / 'runs'
+    flags = (f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 -b 32 '
+             '--val-split-size 64 --amp off --channels-last off')
+    config = str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml')
+    argv = ['time-to-accuracy', config, '--minutes', '0.2', '--runs', str(runs), '--out', str(out), flags]
+    assert bench_main(argv) == 0
+    tables = check_tables(out, 'curves', 'summary')
+    readme = check_provenance(out, 'time-to-accuracy')
+    plan = json.loads((runs / 'wt_resnet_tiny.c10' / 'time_to_accuracy_plan.json').read_text())
+    row, = tables['summary']
+    assert row['epochs'] == plan['epochs'] == len(tables['curves']) >= 1
+    assert plan['epochs'] * plan['train_seconds_per_epoch'] <= 0.2 * 60
+    assert 0 <= row['test_top1'] <= 100 and row['heldout_top1'] == tables['curves'][-1]['heldout_top1']
+    assert [p['epoch'] for p in tables['curves']] == list(range(1, plan['epochs'] + 1))
+    assert (out / 'time_to_accuracy.png').stat().st_size > 0 and '| wt_resnet_tiny.c10 |' in readme
+
+    last = runs / 'wt_resnet_tiny.c10' / 'last.pth.tar'
+    stamp = last.stat().st_mtime_ns
+    assert bench_main(argv) == 0  # a finished run is resumed at its end: nothing retrained, the rows are replaced
+    assert last.stat().st_mtime_ns == stamp
+    assert len(json.loads((out / 'summary.json').read_text())) == 1
+    with pytest.raises(SystemExit, match='was planned for 0.2 min'):
+        bench_main([*argv[:2], '--minutes', '0.3', *argv[4:]])
+
+
+@pytest.mark.slow
+def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_cache, tmp_path):
+    from conftest import REPO_ROOT
+    from wt_zoo.bench.train_speed import readme_section
+    out = tmp_path / 'speed'
+    argv = ['train-speed', str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml'), '--batch-sizes', '16',
+            '--compile', '--matmul-size', '128', '--data-batches', '2', '--out', str(out),
+            f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 --val-split-size 64']
+    assert bench_main(argv) == 0
+    rows = check_tables(out, 'speed')['speed']
+    check_provenance(out, 'train-speed')
+    paths = [r['path'] for r in rows]
+    assert paths[:4] == ['fp32', 'fp32 + channels_last', 'bf16 autocast', 'bf16 autocast + channels_last']
+    chosen = [r for r in rows if r.get('chosen')]
+    assert len(chosen) == 1 and chosen[0]['images_per_s'] == max(r['images_per_s'] for r in rows[:4])
+    auto = rows[4]
+    assert auto['path'] == f'auto: {chosen[0]["path"]}, timed again' and positive(auto['of_best'])
+    assert paths[5] == 'data path alone (on-device loader)' and positive(rows[5]['images_per_s'])
+    assert all(positive(r['of_fp32_matmul_peak']) for r in rows[:5])  # WT: FLOPs from results/profile.json
+    section = readme_section(out)
+    assert '| wt_resnet_tiny | 16 |' in section and chosen[0]['path'] in section

@@ -81,6 +81,13 @@ def test_bf16_autocast(family):
     assert (logits.float() - reference).abs().max() < 0.25 * reference.abs().max() + 0.05
 
 
+@pytest.mark.parametrize('name', ['wt_resnet_tiny', 'wtsm_resnet_tiny'])
+@pytest.mark.parametrize('depth', [0, -1, 2.5])
+def test_bad_depth_is_a_value_error_in_both_unrolled_families(name, depth):
+    with pytest.raises(ValueError, match=f'depth must be a positive integer, got {depth!r}'):
+        create(name, depth=depth)
+
+
 def test_wrong_channel_count_names_expected_shape():
     model = create('wt_resnet_tiny')
     with pytest.raises(ValueError, match=r'\(N, 3, H, W\)'):
@@ -387,6 +394,43 @@ def test_deq_jacobian_regularisation_adds_a_differentiable_penalty():
     plain = create('deq_resnet_tiny', f_max_iter=6).train()
     plain(torch.randn(2, 3, 32, 32))
     assert plain.aux_loss().item() == 0
+
+
+def test_deq_unrolled_warmup_trains_as_its_weight_tied_twin_and_evaluation_still_solves():
+    deq = create('deq_resnet_tiny')
+    wt = create('wt_resnet_tiny', seed=1)
+    wt.load_state_dict(deq.state_dict())
+    assert deq.warmup_depth == wt_zoo.MODEL_SIZES['tiny']['depth']
+    x = torch.randn(4, 3, 32, 32)
+    deq.set_unrolled_warmup(True)
+    deq.train(), wt.train()
+    torch.testing.assert_close(deq(x), wt(x))
+    assert deq.solver_stats == {}  # no solver ran
+    deq.eval()
+    with torch.no_grad():
+        deq(x)
+    assert set(deq.solver_stats) == {'stages.0', 'stages.1'}  # evaluation solves even during the warm-up
+    deq.set_unrolled_warmup(False)
+    deq.train()
+    deq(x)
+    assert all(s['nstep'] >= 1 for s in deq.solver_stats.values())
+    with pytest.raises(ValueError, match='warmup_depth must be a positive integer'):
+        create('deq_resnet_tiny', warmup_depth=0)
+
+
+def test_deq_implicit_gradient_under_bf16_autocast_follows_the_fp32_one():
+    """torchdeq re-evaluates the block inside backward, where autocast is off; the block keeps the forward's."""
+    grads = {}
+    x = torch.randn(2, 3, 32, 32)
+    for dtype in (None, torch.bfloat16):
+        model = contractive_(create('deq_resnet_tiny', grad_mode='implicit', f_max_iter=30, f_tol=1e-4,
+                                    b_max_iter=30)).train()
+        with torch.autocast('cpu', dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            loss = model(x).float().logsumexp(dim=1).sum()
+        loss.backward()
+        grads[dtype] = model.implicit_layers()[1].block.conv2.weight.grad.flatten()
+    assert torch.isfinite(grads[torch.bfloat16]).all()
+    assert torch.nn.functional.cosine_similarity(grads[None], grads[torch.bfloat16], dim=0) > 0.9
 
 
 # ----------------------------------------------------------------------------------- timm plumbing

@@ -87,6 +87,73 @@ def test_cpu_amp_records_bfloat16_and_fractional_warmup_steps_per_update(fake_ci
     assert float(rows[0]['lr']) < 0.05 / 2
 
 
+@pytest.mark.slow
+def test_auto_switches_time_every_combination_and_keep_the_fastest(fake_cifar10, tmp_path, monkeypatch):
+    """--amp auto / --channels-last auto: timed steps on a copy pick the path; args.yaml records what ran."""
+    from wt_zoo.trainer import TrainingRun
+    timed = []
+
+    def fake_seconds(self, amp=None, channels_last=None, steps=3, warmup=2):
+        timed.append((amp, channels_last))
+        return 0.1 if (amp, channels_last) == (False, True) else 0.2  # fp32 + channels_last is fastest here
+
+    monkeypatch.setattr(TrainingRun, 'seconds_per_step', fake_seconds)
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'auto', '--epochs', '1', '--amp', 'auto', '--channels-last',
+                               'auto', '--train-subset', '64', '--eval-subset', '32'))
+    assert sorted(timed) == [(False, False), (False, True), (True, False), (True, True)]
+    saved = yaml.safe_load((tmp_path / 'auto' / 'args.yaml').read_text())
+    assert saved['amp'] is False and saved['channels_last'] is True
+    assert len(saved['fast_path_timings']) == 4
+    assert max(saved['fast_path_timings'], key=lambda r: r['images_per_s']) == dict(amp=False, channels_last=True,
+                                                                                   images_per_s=320.0)
+    # a resumed run keeps the interrupted run's choice (and does not time again), so it ends as it would have
+    timed.clear()
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'auto', '--epochs', '2', '--amp', 'auto', '--channels-last',
+                               'auto', '--train-subset', '64', '--eval-subset', '32', '--resume',
+                               str(tmp_path / 'auto')))
+    assert timed == [] and len(read_summary(tmp_path / 'auto')) == 2
+    saved = yaml.safe_load((tmp_path / 'auto' / 'args.yaml').read_text())
+    assert saved['amp'] is False and saved['channels_last'] is True and len(saved['fast_path_timings']) == 4
+    with pytest.raises(SystemExit, match='--amp expects on, off or auto'):
+        train.main(fake_cifar_args(fake_cifar10, tmp_path, 'bad', '--amp', 'sometimes'))
+
+
+def test_seconds_per_step_leaves_the_run_untouched(fake_cifar10, tmp_path):
+    from wt_zoo.trainer import TrainingRun
+    run = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'probe', '--train-subset', '64')))
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    rng = torch.random.get_rng_state()
+    assert run.seconds_per_step(steps=1, warmup=1) > 0
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    assert torch.equal(rng, torch.random.get_rng_state()) and not run.optimizer.state
+
+
+@pytest.mark.slow
+def test_deq_unrolled_warmup_epochs_then_solving(fake_cifar10, tmp_path):
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'warm', '--model', 'deq_resnet_tiny', '--epochs', '2',
+                               '--unrolled-warmup-epochs', '1', '--train-subset', '64', '--eval-subset', '32',
+                               '--model-kwargs', 'f_max_iter=3'))
+    first, second = read_summary(tmp_path / 'warm')
+    assert first['solver_nstep'] == ''  # the warm-up epoch ran unrolled, no solver
+    assert 1 <= float(second['solver_nstep']) <= 3
+    assert 1 <= float(first['eval_solver_nstep']) <= 3 and float(second['eval_solver_rel_residual']) > 0
+    with pytest.raises(SystemExit, match='has no unrolled warm-up'):
+        train.main(fake_cifar_args(fake_cifar10, tmp_path, 'wt', '--unrolled-warmup-epochs', '1'))
+
+
+@pytest.mark.slow
+def test_image_folder_is_the_default_dataset_as_in_timm(tmp_path):
+    """A timm user leaves --dataset out for an image folder (DIR/train/<class>/, DIR/validation/<class>/)."""
+    from test_data import write_image_folder
+    write_image_folder(tmp_path / 'data', per_class=8, size=16)
+    train.main(['--model', 'wt_resnet_tiny', '--data-dir', str(tmp_path / 'data'), '--img-size', '16', '-b', '8',
+                '--epochs', '1', '--workers', '0', '--output', str(tmp_path), '--experiment', 'folder',
+                '--no-progress'])
+    row, = read_summary(tmp_path / 'folder')
+    assert row['train_samples'] == '24' and float(row['eval_top1']) >= 0
+    assert yaml.safe_load((tmp_path / 'folder' / 'args.yaml').read_text())['num_classes'] == 3
+
+
 KILL_DURING_SECOND_EPOCH_SAVE = textwrap.dedent('''
     import io, os, signal, sys, torch
     real_save = torch.save

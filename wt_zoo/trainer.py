@@ -217,6 +217,9 @@ class TrainingRun:
                                                       ctx.rank, ctx.world_size)
         self.mixup_fn, self.train_loss_fn = self._create_loss()
         self.fast_path_timings: List[Dict[str, Any]] = []
+        self._checkpoint = self._read_resume_checkpoint() if args.resume else None
+        if self._checkpoint is not None:
+            self._keep_resumed_switches()
         if choose_fast_path:
             self._choose_fast_path()
         self._apply_layout()
@@ -318,13 +321,28 @@ class TrainingRun:
         for loader in (self.train_loader, self.eval_loader):
             loader.channels_last = channels_last
 
-    def _resume(self) -> None:
-        args = self.args
+    def _read_resume_checkpoint(self) -> Dict[str, Any]:
         try:
-            path = wt_training.find_checkpoint(args.resume)
+            path = wt_training.find_checkpoint(self.args.resume)
             checkpoint = wt_training.load_checkpoint_file(path)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f'--resume: {e}') from e
+        checkpoint['path'] = path
+        return checkpoint
+
+    def _keep_resumed_switches(self) -> None:
+        """An 'auto' switch resumes as the interrupted run chose it, so the run ends as it would have."""
+        saved = self._checkpoint.get('args') or {}
+        for name in SWITCHES:
+            if getattr(self.args, name) == 'auto' and name in saved:
+                setattr(self.args, name, 'on' if saved[name] else 'off')
+        if saved.get('fast_path_timings'):
+            self.args.fast_path_timings = saved['fast_path_timings']
+
+    def _resume(self) -> None:
+        args = self.args
+        checkpoint, self._checkpoint = self._checkpoint, None
+        path = checkpoint.pop('path')
         restore = {} if args.no_resume_opt else dict(optimizer=self.optimizer, scheduler=self.scheduler,
                                                       scaler=self.scaler)
         self.start_epoch = wt_training.restore_training_state(checkpoint, model=self.model, model_ema=self.model_ema,
@@ -345,11 +363,12 @@ class TrainingRun:
     # Speed: timed steps on a throw-away copy, never on the run's own model or optimizer
 
     def seconds_per_step(self, amp: Optional[bool] = None, channels_last: Optional[bool] = None, steps: int = 3,
-                         warmup: int = 2) -> float:
+                         warmup: int = 2, compile: bool = False) -> float:
         """Mean wall time of a training step (forward, loss, backward, optimizer) on a real batch.
 
         Runs on a deep copy with a fresh optimizer, so the run's state and random streams are untouched;
-        a DEQ is timed solving (its dearer mode), not in its unrolled warm-up.
+        a DEQ is timed solving (its dearer mode), not in its unrolled warm-up. ``compile`` times
+        ``torch.compile`` of the model (its compilation falls in the warm-up steps).
         """
         args, device = self.args, self.ctx.device
         amp = self.args.amp == 'on' if amp is None else amp
@@ -357,6 +376,7 @@ class TrainingRun:
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = copy.deepcopy(wt_training.unwrap(self.model)).to(memory_format=memory_format).train()
         optimizer = self._create_optimizer(model)
+        forward = torch.compile(model) if compile else model
         x, y = next(iter(self.train_loader))
         x = x.contiguous(memory_format=memory_format)
         amp_dtype = self._amp_dtype(amp)
@@ -365,7 +385,7 @@ class TrainingRun:
 
         def step():
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = self.train_loss_fn(model(x), y)
+                loss = self.train_loss_fn(forward(x), y)
                 if has_aux:
                     loss = loss + model.aux_loss()
             optimizer.zero_grad(set_to_none=True)

@@ -243,6 +243,7 @@ def export_weights(model: nn.Module, out_dir: Union[str, Path], data_config: Opt
     """model.safetensors + timm's config.json (atomically), so ``local-dir:``/``hf-hub:`` load the folder."""
     from timm.models import save_for_hf
     out_dir = Path(out_dir)
+    model.to(memory_format=torch.contiguous_format)  # safetensors stores dense tensors only (not channels_last)
     model_config = {}
     if label_names and len(label_names) == getattr(model, 'num_classes', -1):
         model_config['label_names'] = list(label_names)

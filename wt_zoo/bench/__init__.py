@@ -10,6 +10,7 @@ Subcommands, one module each:
 - ``guidelines``  docs/guidelines.md written from the sweep's results.
 - ``budget``      the epochs twins can share within a device-time budget, from timed training steps.
 - ``time-to-accuracy``  held-out top-1 against training minutes for twins under one recipe and budget.
+- ``train-speed`` training images/s per numeric path (bf16, channels_last, compile), and what ``auto`` picks.
 
 Each writes a results folder (CSV + JSON per table, README.md with tables and plots, run.json with the
 exact command, machine, date and git commit); see :mod:`wt_zoo.bench.common`.
@@ -20,16 +21,17 @@ from typing import Optional, Sequence
 
 __all__ = ['main', 'build_parser']
 
-SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'budget', 'time-to-accuracy')
+SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'budget', 'time-to-accuracy', 'train-speed')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import budget, efficiency, guidelines, stability, sweep, time_to_accuracy
+    from . import budget, efficiency, guidelines, stability, sweep, time_to_accuracy, train_speed
     parser = argparse.ArgumentParser(prog='python -m wt_zoo.bench', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='{' + ','.join(SUBCOMMANDS) + '}')
     for name, module in (('efficiency', efficiency), ('stability', stability), ('sweep', sweep),
-                         ('guidelines', guidelines), ('budget', budget), ('time-to-accuracy', time_to_accuracy)):
+                         ('guidelines', guidelines), ('budget', budget), ('time-to-accuracy', time_to_accuracy),
+                         ('train-speed', train_speed)):
         doc = module.__doc__.strip()
         sub = subparsers.add_parser(name, help=doc.split('\n')[0].split(': ', 1)[-1], description=doc,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)

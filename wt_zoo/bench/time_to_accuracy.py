@@ -25,9 +25,12 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..training import atomic_write_text, plain
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 
-__all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows']
+__all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'bar_lines', 'readme_section']
 
 PLAN_FILE = 'time_to_accuracy_plan.json'
+
+# The zoo's CPU bars (2 cores): CIFAR-10 test top-1 of the finished weights, training minutes at most.
+BARS = {'wt_resnet_tiny.c10': (88.0, 60.0), 'wt_resnet_small.c10': (90.0, 150.0)}
 
 
 def add_arguments(parser) -> None:
@@ -106,6 +109,36 @@ def _test_top1(run) -> float:
     return evaluate(model, loader, run.ctx, run.amp_dtype)['top1']
 
 
+def bar_lines(summary: Sequence[Dict[str, Any]]) -> List[str]:
+    """One line per measured model that has a bar: the figure against it and the verdict."""
+    lines = []
+    for row in summary:
+        if row['model'] not in BARS:
+            continue
+        top1, minutes = BARS[row['model']]
+        met = row['test_top1'] >= top1 and row['train_minutes'] <= minutes
+        lines.append(f'- {row["model"]}: test top-1 {row["test_top1"]:.2f} % after {row["train_minutes"]:.1f} training '
+                     f'min on {row["hardware"]}; bar >= {top1:g} % within {minutes:g} min: '
+                     f'**{"met" if met else "not met"}**')
+    return lines
+
+
+def readme_section(folder: Path = REPO_ROOT / 'results' / 'time_to_accuracy') -> str:
+    """The project README's summary of this folder (scripts/update_readme.py embeds it)."""
+    summary = _read(Path(folder), 'summary')
+    if not summary:
+        return 'Not measured yet: `python -m wt_zoo.bench time-to-accuracy --minutes M CONFIG...`.'
+    lines = []
+    for row in summary:
+        reached = ', '.join(f'{key.split("_")[-1]} % in {row[key]:.1f} min' for key in row
+                            if key.startswith('minutes_to_') and row[key] is not None)
+        lines.append(f'- `{row["model"]}`: {row["test_top1"]:.2f} % test top-1 ({row["heldout_top1"]:.2f} % held-out) '
+                     f'after {row["train_minutes"]:.1f} training minutes, {row["epochs"]} epochs, on {row["hardware"]} '
+                     f'(amp {row["amp"]}, channels_last {row["channels_last"]}); held-out top-1 reached '
+                     + (reached or 'reached none of the levels'))
+    return '\n'.join(lines + ['', 'Bars:', ''] + (bar_lines(summary) or ['- none measured']))
+
+
 def _merge(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     replaced = {row['model'] for row in new}
     return [row for row in old if row['model'] not in replaced] + new
@@ -174,5 +207,6 @@ def run(args, argv) -> int:
         'keeps one) against cumulative training minutes, evaluation excluded. Test top-1 is the finished '
         'weights on the test split, measured once. Each row names the command and commit that made it; a blank '
         '"min to" cell means the run never reached that level.',
-        markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)'])
+        markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)',
+        '## Bars\n\n' + ('\n'.join(bar_lines(summary)) or 'No model with a bar measured yet.')])
     return 0

@@ -20,7 +20,7 @@ from timm.models._features import feature_take_indices
 from ..hub_ids import published_hub_ids
 
 __all__ = [
-    'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'ImplicitResNet', 'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD',
+    'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'check_depth', 'ImplicitResNet', 'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD',
     'family_default_cfgs', 'create_implicit_resnet',
 ]
 
@@ -47,6 +47,12 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
         raise ValueError(
             'expected an image batch of shape (N, ' + str(in_chans) + ', H, W) with H, W >= ' + str(min_size)
             + ', got shape ' + str(list(x.shape)))
+
+
+def check_depth(depth: int) -> None:
+    """The number of unrolled iterations: checked before anything is built from it (masks, stages)."""
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f'depth must be a positive integer, got {depth!r}')
 
 
 class ImplicitBlock(nn.Module):
@@ -86,8 +92,7 @@ class UnrolledImplicit(nn.Module):
 
     def __init__(self, block: ImplicitBlock, depth: int, masks: Optional[nn.Module] = None):
         super().__init__()
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f'depth must be a positive integer, got {depth!r}')
+        check_depth(depth)
         self.block = block
         self.depth = depth
         self.masks = masks

@@ -7,7 +7,7 @@ from timm.layers import register_notrace_module
 from timm.models import register_model
 
 from ..masks import IterationMasks, check_mask_args
-from .implicit_resnet import ImplicitResNet, UnrolledImplicit, create_implicit_resnet, family_default_cfgs
+from .implicit_resnet import ImplicitResNet, UnrolledImplicit, check_depth, create_implicit_resnet, family_default_cfgs
 
 __all__ = ['WTSMResNet']
 
@@ -28,6 +28,7 @@ class WTSMResNet(ImplicitResNet):
             mask_seed: int = 0,
             **kwargs,
     ):
+        check_depth(depth)  # before the masks, whose count it sets
         check_mask_args(mask_density, mask_kind, mask_mode)
         self.depth = depth
         self.mask_density = mask_density

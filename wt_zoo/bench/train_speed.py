@@ -1,0 +1,162 @@
+"""train-speed: training images/s of each numeric path side by side, and how close ``auto`` comes to the best.
+
+For each recipe (default: the three families' CIFAR-10 recipes at tiny and small) and batch size, the
+recipe is set up as train.py sets it up with ``--amp auto --channels-last auto``
+(:class:`wt_zoo.trainer.TrainingRun`): that times a training step (forward, loss, backward, SGD) of
+every combination of bf16 autocast and channels_last on a copy of the model and keeps the fastest.
+The table gives those timings, the path chosen, a second timing of the chosen path (what a run then
+gets, against the best of the first timings: the 'default within 10 % of the best' check), the
+on-device data path alone (batches drawn, cropped, flipped and normalised without the model), and,
+for ``--compile`` recipes, ``torch.compile`` of the model on the chosen path.
+
+Training FLOP/s counts fvcore's forward multiply-adds (results/profile.json) three times per image
+(forward, and backward's two products) and two flops a multiply-add, as a fraction of this machine's
+fp32 matmul throughput measured in the same run; DEQ models are left out of that column, since their
+work per image depends on the solver's iterations.
+
+    python -m wt_zoo.bench train-speed
+"""
+import gc
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
+from .efficiency import matmul_peak
+
+__all__ = ['add_arguments', 'run', 'readme_section']
+
+DEFAULT_CONFIGS = [f'configs/{family}_resnet_{size}.c10.yaml' for size in ('tiny', 'small')
+                   for family in ('wt', 'wtsm', 'deq')]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument('configs', nargs='*', metavar='CONFIG.yaml', help=f'recipes (default: {" ".join(DEFAULT_CONFIGS)})')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[128, 256], help='batch sizes to time')
+    parser.add_argument('--compile', nargs='*', default=['configs/wt_resnet_tiny.c10.yaml'], metavar='CONFIG.yaml',
+                        help='recipes also timed under torch.compile (on the chosen path, largest batch)')
+    parser.add_argument('--data-batches', type=int, default=20, help='batches drawn to time the data path alone')
+    parser.add_argument('--matmul-size', type=int, default=2048, help='n of the fp32 n x n matmul peak')
+    parser.add_argument('--out', default=str(REPO_ROOT / 'results' / 'train_speed'), help='results folder')
+    parser.add_argument('--train-args', default='', metavar='"FLAGS"',
+                        help='train.py flags for every recipe, one string: --train-args="--device cuda"')
+
+
+def _profile_gmacs() -> Dict[str, float]:
+    path = REPO_ROOT / 'results' / 'profile.json'
+    return {row['model']: float(row['gflops']) for row in json.loads(path.read_text())} if path.is_file() else {}
+
+
+def _data_images_per_s(run, batches: int) -> float:
+    loader, device = run.train_loader, run.ctx.device
+    iterator = iter(loader)
+    next(iterator)
+    start = time.perf_counter()
+    count = 0
+    for _ in range(min(batches, len(loader) - 1)):
+        x, _ = next(iterator)
+        count += x.shape[0]
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+    return count / (time.perf_counter() - start)
+
+
+def measure(config: str, batch_size: int, train_args: List[str], with_compile: bool, data_batches: int) -> List[Dict[str, Any]]:
+    from ..trainer import TrainingRun, parse_train_args
+    from ..training import describe_hardware
+    args = parse_train_args(['--config', config, '-b', str(batch_size), '--amp', 'auto', '--channels-last', 'auto',
+                             '--no-progress', *train_args])
+    run = TrainingRun(args)
+    try:
+        base = dict(model=args.model.split('.')[0], batch_size=batch_size, hardware=describe_hardware(run.ctx.device))
+        rows = [dict(base, path=_path_name(t['amp'], t['channels_last']), images_per_s=t['images_per_s'],
+                     chosen=(t['amp'], t['channels_last']) == (args.amp == 'on', args.channels_last == 'on'))
+                for t in run.fast_path_timings]
+        best = max(r['images_per_s'] for r in rows)
+        again = batch_size / run.seconds_per_step()
+        rows.append(dict(base, path='auto: ' + _path_name(args.amp == 'on', args.channels_last == 'on') + ', timed again',
+                         images_per_s=round(again, 2), of_best=round(again / best, 3)))
+        if with_compile:
+            seconds = run.seconds_per_step(compile=True, warmup=2)
+            rows.append(dict(base, path='auto path + torch.compile(model)', images_per_s=round(batch_size / seconds, 2),
+                             of_best=round(batch_size / seconds / best, 3)))
+        rows.append(dict(base, path='data path alone (on-device loader)',
+                         images_per_s=round(_data_images_per_s(run, data_batches), 1)))
+        return rows
+    finally:
+        del run
+        gc.collect()
+
+
+def _path_name(amp: bool, channels_last: bool) -> str:
+    return ('bf16 autocast' if amp else 'fp32') + (' + channels_last' if channels_last else '')
+
+
+def run(args, argv) -> int:
+    load = warn_if_busy('training images/s')
+    folder = ResultsFolder(args.out, 'train-speed', argv, settings=vars(args))
+    from ..trainer import parse_train_args
+    train_args = shlex.split(args.train_args)
+    device = parse_train_args(train_args).device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    peak = matmul_peak(args.matmul_size, device, torch.get_num_threads(), min_run_time=1.0)
+    gmacs = _profile_gmacs()
+    rows: List[Dict[str, Any]] = []
+    for config in args.configs or DEFAULT_CONFIGS:
+        config = str(config)
+        for batch_size in args.batch_sizes:
+            with_compile = config in args.compile and batch_size == max(args.batch_sizes)
+            log(f'{Path(config).name}, batch {batch_size}' + (' (+ torch.compile)' if with_compile else '') + ' ...')
+            for row in measure(config, batch_size, train_args, with_compile, args.data_batches):
+                macs = gmacs.get(row['model'])
+                if macs and not row['model'].startswith('deq') and not row['path'].startswith('data'):
+                    flops = row['images_per_s'] * 3 * macs * 2
+                    row.update(train_gflops_per_s=round(flops, 1),
+                               of_fp32_matmul_peak=round(flops / peak['gflops_2n3_per_s'], 3))
+                rows.append(row)
+            folder.write_table('speed', rows)
+    columns = [Column('model', 'model'), Column('batch_size', 'batch'), Column('path', 'path'),
+               Column('images_per_s', 'train img/s', '{:.0f}'), Column('chosen', 'auto picks', lambda v: 'yes' if v else ''),
+               Column('of_best', 'of best', '{:.0%}'), Column('train_gflops_per_s', 'train GFLOP/s', '{:.0f}'),
+               Column('of_fp32_matmul_peak', 'of fp32 matmul peak', '{:.0%}')]
+    auto_rows = [r for r in rows if r['path'].startswith('auto:')]
+    worst = min(auto_rows, key=lambda r: r['of_best']) if auto_rows else None
+    verdict = (f'The path `auto` picks, timed again, runs at {worst["of_best"]:.0%} or more of the best path timed '
+               f'for the same model and batch (lowest: {worst["model"]}, batch {worst["batch_size"]}).' if worst else '')
+    folder.finish('Training speed per numeric path', [
+        f'Machine: {rows[0]["hardware"] if rows else device}; fp32 {args.matmul_size}x{args.matmul_size} matmul '
+        f'{peak["gflops_2n3_per_s"]:.0f} GFLOP/s in this run; 1-minute load average at start {load}. Each timing is '
+        'the mean of 3 training steps after 2 warm-up steps on one real CIFAR-10 batch (a copy of the model, a fresh '
+        'optimizer), so it carries a few per cent of noise. ' + verdict,
+        markdown_table(rows, columns)])
+    return 0
+
+
+def readme_section(folder: Path = REPO_ROOT / 'results' / 'train_speed') -> str:
+    """The project README's table of this folder: one row per model and batch, the paths side by side."""
+    path = Path(folder) / 'speed.json'
+    if not path.is_file():
+        return 'Not measured yet: `python -m wt_zoo.bench train-speed`.'
+    rows = json.loads(path.read_text())
+    paths = [_path_name(amp, cl) for amp in (False, True) for cl in (False, True)]
+    table = []
+    for key in dict.fromkeys((r['model'], r['batch_size']) for r in rows):
+        group = [r for r in rows if (r['model'], r['batch_size']) == key]
+        by_path = {r['path']: r for r in group}
+        auto = next(r for r in group if r['path'].startswith('auto:'))
+        out = dict(model=key[0], batch=key[1], picks=next(r['path'] for r in group if r.get('chosen')),
+                   again=f'{auto["images_per_s"]:.0f} ({auto["of_best"]:.0%})',
+                   data=by_path['data path alone (on-device loader)']['images_per_s'])
+        out.update({p: by_path[p]['images_per_s'] for p in paths if p in by_path})
+        compiled = next((r for r in group if 'compile' in r['path']), None)
+        out['compiled'] = f'{compiled["images_per_s"]:.0f} ({compiled["of_best"]:.0%})' if compiled else ''
+        table.append(out)
+    columns = [Column('model', 'model'), Column('batch', 'batch'),
+               *[Column(p, p, '{:.0f}') for p in paths], Column('picks', 'auto picks'),
+               Column('again', 'auto, timed again (of best)'), Column('compiled', '+ torch.compile (of best)'),
+               Column('data', 'data path alone', '{:.0f}')]
+    return (f'Training images/s on {rows[0]["hardware"]} ([results/train_speed](results/train_speed/README.md), '
+            'made by `python -m wt_zoo.bench train-speed`):\n\n' + markdown_table(table, columns))
