@@ -181,11 +181,11 @@ class TrainingRun:
     """Everything one ``train.py`` invocation holds; :meth:`run` trains it to the end.
 
     Construction does the set-up in the order the pieces depend on each other (dataset defaults,
-    model, fast-path choice, loaders, optimizer, schedule, resume). Benches may stop there and use
+    model, loaders, fast-path choice, optimizer, schedule, resume). Benches may stop there and use
     :meth:`seconds_per_step` to plan a budget without training.
     """
 
-    def __init__(self, args, choose_fast_path: bool = True):
+    def __init__(self, args):
         from timm.data import resolve_input_data_config
         self.args = args
         self.ctx = ctx = wt_training.init_distributed(args.device, args.dist_backend)
@@ -220,8 +220,7 @@ class TrainingRun:
         self._checkpoint = self._read_resume_checkpoint() if args.resume else None
         if self._checkpoint is not None:
             self._keep_resumed_switches()
-        if choose_fast_path:
-            self._choose_fast_path()
+        self._choose_fast_path()
         self._apply_layout()
         if args.sync_bn and ctx.distributed:
             self.model = model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -421,8 +420,11 @@ class TrainingRun:
                 self.fast_path_timings.append(dict(amp=amp, channels_last=channels_last,
                                                    images_per_s=round(args.batch_size / seconds, 2)))
         fastest = max(self.fast_path_timings, key=lambda row: row['images_per_s'])
-        for name in SWITCHES:
-            setattr(args, name, 'on' if fastest[name] else 'off')
+        choice = torch.tensor([int(fastest[name]) for name in SWITCHES], device=self.ctx.device)
+        if self.ctx.distributed:  # every rank runs what the first rank measured fastest
+            torch.distributed.broadcast(choice, src=0)
+        for name, on in zip(SWITCHES, choice.tolist()):
+            setattr(args, name, 'on' if on else 'off')
         args.fast_path_timings = self.fast_path_timings
         _logger.info('fast path: ' + ', '.join(
             f'amp {r["amp"]} channels_last {r["channels_last"]}: {r["images_per_s"]:.1f} img/s'
