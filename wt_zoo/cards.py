@@ -23,7 +23,8 @@ from .hub_ids import hub_repo_id
 __all__ = [
     'HubFolderError', 'DatasetInfo', 'TAG_DATASETS', 'TRAIN_ARGS', 'TRAIN_SUMMARY', 'VALIDATION_RESULTS', 'CARD',
     'PAPER_BIBTEX', 'SLICE_RESULTS', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
-    'validation_figures', 'folder_validation', 'folder_slice', 'training_figures', 'build_from_config', 'render_card',
+    'validation_figures', 'folder_validation', 'folder_slice', 'sha256_file', 'training_figures', 'build_from_config',
+    'render_card',
 ]
 
 TRAIN_ARGS = 'train_args.yaml'
@@ -199,6 +200,15 @@ def folder_validation(folder: Path, name: str) -> Dict[str, Any]:
     return validation_figures(select_result_row(read_result_rows(results), name, results), results)
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (weights files need not fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 _SLICE_KEYS = ('slice', 'validate_args', 'command', 'weights_sha256', 'top1', 'top5', 'samples', 'correct')
 
 
@@ -222,8 +232,7 @@ def folder_slice(folder: Path) -> Optional[Dict[str, Any]]:
         raise HubFolderError(f'{path}: lacks {", ".join(missing)}; {redo}')
     weights = folder / 'model.safetensors'
     if weights.is_file():
-        with open(weights, 'rb') as f:
-            digest = hashlib.file_digest(f, 'sha256').hexdigest()
+        digest = sha256_file(weights)
         if digest != record['weights_sha256']:
             raise HubFolderError(f'{path}: recorded for other weights than {weights} (sha256 {digest}); {redo}')
     return record

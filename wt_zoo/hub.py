@@ -44,11 +44,11 @@ import yaml
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.file_download import are_symlinks_supported, repo_folder_name
-from huggingface_hub.utils.sha import git_hash, sha_fileobj
+from huggingface_hub.utils.sha import git_hash
 
 from .cards import (CARD, SLICE_RESULTS, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, VALIDATION_RESULTS,
                     HubFolderError, build_from_config, folder_slice, folder_validation, read_args, read_result_rows,
-                    read_summary, render_card, select_result_row, training_figures, validation_figures)
+                    read_summary, render_card, select_result_row, sha256_file, training_figures, validation_figures)
 from . import FAMILIES
 from .hub_ids import (HUB_CONFIGS_ENV, HUB_ORG, REPO_HUB_CONFIGS, hub_configs_dirs, hub_repo_id,
                       published_folders)
@@ -119,15 +119,10 @@ def _limited(items: Sequence[str], limit: int = 6) -> str:
 # Files: manifest, weights
 
 
-def _sha256(path: Path) -> str:
-    with open(path, 'rb') as f:
-        return sha_fileobj(f).hex()
-
-
 def manifest_text(folder: Path) -> str:
     """``sha256sum`` format over every file of the folder but the manifest itself."""
     files = sorted(p.name for p in Path(folder).iterdir() if p.is_file() and p.name != MANIFEST)
-    return ''.join(f'{_sha256(Path(folder) / name)}  {name}\n' for name in files)
+    return ''.join(f'{sha256_file(Path(folder) / name)}  {name}\n' for name in files)
 
 
 def write_manifest(folder: Path) -> Path:
@@ -203,7 +198,7 @@ def check_files(folder: Path) -> List[str]:
                 if name not in HUB_FILES:
                     problems.append(f'{folder / name}: listed in {MANIFEST} but missing')
                 continue
-            actual = _sha256(folder / name)
+            actual = sha256_file(folder / name)
             if actual != digest:
                 problems.append(f'{folder / name}: sha256 {actual} does not match {MANIFEST} ({digest}); '
                                 'the file changed or is corrupt')
@@ -631,7 +626,7 @@ def install_folder(folder: Path, cache_dir: Path, repo_id: str) -> Path:
     symlinks = are_symlinks_supported(str(cache_dir))
     for name in sorted(read_manifest(folder)) + [MANIFEST]:
         src = folder / name
-        etag = _sha256(src) if name.endswith(LFS_SUFFIXES) else git_hash(src.read_bytes())
+        etag = sha256_file(src) if name.endswith(LFS_SUFFIXES) else git_hash(src.read_bytes())
         blob = storage / 'blobs' / etag
         if not blob.exists():
             _atomic_copy(src, blob)
@@ -868,7 +863,7 @@ def record_slice(names: Iterable[str] = (), hub_configs: Optional[Path] = None,
         records[name] = record = dict(
             model=name, slice=dict(SLICE, description=description), validate_args=args,
             command='HF_HUB_OFFLINE=1 python validate.py ' + shlex.join(args),
-            weights_sha256=_sha256(folder / WEIGHTS), top1=row['top1'], top5=row['top5'], loss=row['loss'],
+            weights_sha256=sha256_file(folder / WEIGHTS), top1=row['top1'], top5=row['top5'], loss=row['loss'],
             samples=row['samples'], correct=_correct(row), torch=torch.__version__, timm=timm.__version__,
             hardware=describe_hardware(torch.device(SLICE['device'])))
         path = folder / SLICE_RESULTS
