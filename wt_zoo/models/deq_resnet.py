@@ -11,7 +11,7 @@ from torch import nn
 from timm.models import register_model
 
 from ..solvers import SolverStats, build_deq_core, check_solver_args, jacobian_penalty, solve
-from .implicit_resnet import ImplicitBlock, ImplicitResNet, create_implicit_resnet, family_default_cfgs
+from .implicit_resnet import ImplicitBlock, ImplicitResNet, check_depth, create_implicit_resnet, family_default_cfgs
 
 __all__ = ['EquilibriumImplicit', 'DEQResNet']
 
@@ -94,8 +94,7 @@ class DEQResNet(ImplicitResNet):
             warmup_depth: int = 6,
             **kwargs,
     ):
-        if not isinstance(warmup_depth, int) or warmup_depth < 1:
-            raise ValueError(f'warmup_depth must be a positive integer, got {warmup_depth!r}')
+        check_depth(warmup_depth, 'warmup_depth')
         self.warmup_depth = warmup_depth
         deq_args = dict(f_solver=f_solver, f_max_iter=f_max_iter, f_tol=f_tol, b_solver=b_solver, b_max_iter=b_max_iter,
                         grad_mode=grad_mode, phantom_steps=phantom_steps, jac_reg_weight=jac_reg_weight)

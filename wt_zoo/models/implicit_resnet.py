@@ -49,10 +49,10 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
             + ', got shape ' + str(list(x.shape)))
 
 
-def check_depth(depth: int) -> None:
-    """The number of unrolled iterations: checked before anything is built from it (masks, stages)."""
+def check_depth(depth: int, name: str = 'depth') -> None:
+    """A number of unrolled iterations: checked before anything is built from it (masks, stages)."""
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise ValueError(f'depth must be a positive integer, got {depth!r}')
+        raise ValueError(f'{name} must be a positive integer, got {depth!r}')
 
 
 class ImplicitBlock(nn.Module):
