@@ -433,6 +433,24 @@ def test_deq_implicit_gradient_under_bf16_autocast_follows_the_fp32_one():
     assert torch.nn.functional.cosine_similarity(grads[None], grads[torch.bfloat16], dim=0) > 0.9
 
 
+def test_deq_solver_algebra_stays_fp32_under_bf16_autocast(monkeypatch):
+    """Anderson's least-squares systems in bf16 lose their regulariser and turn singular mid-training."""
+    seen = []
+    real_solve = torch.linalg.solve
+
+    def spy(A, B, *args, **kwargs):
+        seen.append(torch.is_autocast_enabled('cpu'))
+        return real_solve(A, B, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, 'solve', spy)
+    model = create('deq_resnet_tiny', f_solver='anderson', f_max_iter=6).eval()
+    with torch.no_grad(), warnings.catch_warnings(), torch.autocast('cpu', dtype=torch.bfloat16):
+        warnings.simplefilter('ignore')
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.dtype == torch.bfloat16  # the block and head still ran in autocast
+    assert seen and not any(seen)
+
+
 # ----------------------------------------------------------------------------------- timm plumbing
 
 @pytest.mark.parametrize('family', FAMILIES)

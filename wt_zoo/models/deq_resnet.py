@@ -54,9 +54,14 @@ class EquilibriumImplicit(nn.Module):
 
         def func(z):
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
-                return self.block(z, x)
+                return self.block(z, x).to(z.dtype)
 
-        z_star, stats = solve(self.deq, func, z_init, self.f_tol)
+        # The solver's iterates and algebra (Anderson's bmm and least squares) stay fp32: in bf16 its small
+        # systems lose the regulariser and turn singular. Only the block runs in autocast.
+        if autocast_on:
+            z_init = z_init.float()
+        with torch.autocast(device_type, enabled=False):
+            z_star, stats = solve(self.deq, func, z_init, self.f_tol)
         if not torch.isfinite(z_star).all():
             raise FloatingPointError(
                 f'DEQ solver returned non-finite values (relative residual {stats.rel_residual:.3g} after '
