@@ -4,7 +4,9 @@ fvcore counts one multiply-add as one flop. Shared weights are counted once (mas
 not parameters). Every unrolled iteration is counted, because fvcore traces the unrolled loop.
 For the sparse-mask family the effective count scales each masked conv by its mask's density;
 for the DEQ family the count is given per solver iteration and at an iteration count (by default
-the mean the solver used on a batch), since the solver's loop length depends on the data.
+the mean the solver used on a batch), since the solver's loop length depends on the data. Every zoo
+architecture is counted the same way (a multi-resolution model has one implicit layer, whose
+state is a list with one tensor per branch).
 
     python -m wt_zoo.profile [MODEL ...] [--json]
 """
@@ -13,11 +15,13 @@ import copy
 import fnmatch
 import json
 import sys
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
 from fvcore.nn import FlopCountAnalysis, parameter_count
+
+from .solvers import State
 
 __all__ = ['profile_model', 'profile_models', 'format_table', 'main']
 
@@ -31,6 +35,11 @@ def _flops(module: nn.Module, inputs) -> FlopCountAnalysis:
     return analysis
 
 
+def _each(fn: Callable[[torch.Tensor], torch.Tensor], state: State) -> State:
+    """``fn`` applied to a state: a tensor, or a list of them (one per branch)."""
+    return fn(state) if torch.is_tensor(state) else [fn(t) for t in state]
+
+
 class _Passthrough(nn.Module):
     """Stands in for an implicit layer to count everything outside the iteration."""
 
@@ -38,10 +47,21 @@ class _Passthrough(nn.Module):
         return x
 
 
-def _stage_inputs(model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
-    """The tensors each stage's implicit layer receives (its injected input)."""
-    captured: List[torch.Tensor] = []
-    hooks = [layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
+def _without_implicit_layers(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose implicit layers pass their input through."""
+    outside = copy.deepcopy(model)
+    layers = {id(layer) for layer in outside.implicit_layers()}
+    for name, module in list(outside.named_modules()):
+        if id(module) in layers:
+            parent, _, attr = name.rpartition('.')
+            setattr(outside.get_submodule(parent), attr, _Passthrough())
+    return outside
+
+
+def _stage_inputs(model: nn.Module, images: torch.Tensor) -> List[State]:
+    """What each implicit layer receives (its injected input: a tensor, or a list with one per branch)."""
+    captured: List[State] = []
+    hooks = [layer.register_forward_pre_hook(lambda _m, args: captured.append(_each(torch.Tensor.detach, args[0])))
              for layer in model.implicit_layers()]
     try:
         with torch.no_grad():
@@ -52,12 +72,12 @@ def _stage_inputs(model: nn.Module, images: torch.Tensor) -> List[torch.Tensor]:
     return captured
 
 
-def _block_flops(model: nn.Module, stage_inputs: Sequence[torch.Tensor]) -> List[Dict[str, float]]:
-    """Per stage, the FLOPs of one application of the shared block on one image: total and convs."""
+def _block_flops(model: nn.Module, stage_inputs: Sequence[State]) -> List[Dict[str, float]]:
+    """Per implicit layer, the FLOPs of one application of the shared block on one image: total and convs."""
     out = []
     for layer, x in zip(model.implicit_layers(), stage_inputs):
-        x = x[:1]
-        analysis = _flops(layer.block, (torch.zeros_like(x), x))
+        x = _each(lambda t: t[:1], x)
+        analysis = _flops(layer.block, (_each(torch.zeros_like, x), x))
         out.append(dict(total=float(analysis.total()), conv=float(analysis.by_operator().get('conv', 0))))
     return out
 
@@ -112,10 +132,7 @@ def profile_model(model: nn.Module, input_size: Optional[Sequence[int]] = None, 
             row['effective_gflops'] = (total - saved) / 1e9
         return row
 
-    outside_model = copy.deepcopy(model)
-    for stage in outside_model.stages:
-        stage.implicit = _Passthrough()
-    outside = float(_flops(outside_model, example).total())
+    outside = float(_flops(_without_implicit_layers(model), example).total())
     per_iteration = sum(block['total'] for block in blocks)
     if deq_iterations is None:
         source = 'measured on the given batch'

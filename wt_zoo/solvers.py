@@ -3,19 +3,24 @@
 Nothing here solves anything itself: the fixed-point solvers (Anderson, Broyden, plain
 fixed-point iteration), implicit differentiation and phantom gradients all come from torchdeq.
 This module validates settings, builds torchdeq's DEQ core, and turns its statistics into a
-small record that callers (training logs, benchmarks, profile) can read.
+small record that callers (training logs, benchmarks, profile) can read. A state is a tensor or,
+for a multi-resolution block, a list of tensors (one per branch), which torchdeq solves as one
+flattened vector; ``func`` then takes one argument per branch and returns the list.
 """
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple, Union
 
 import torch
 from torchdeq import get_deq
 from torchdeq.loss import jac_reg
+from torchdeq.utils.layer_utils import deq_decorator
+
+State = Union[torch.Tensor, List[torch.Tensor]]  # one tensor, or one per branch of a multi-resolution block
 
 SOLVERS = ('anderson', 'broyden', 'fixed_point_iter')
 GRAD_MODES = ('implicit', 'phantom')
 
-__all__ = ['SOLVERS', 'GRAD_MODES', 'SolverStats', 'check_solver_args', 'build_deq_core', 'solve', 'jacobian_penalty']
+__all__ = ['SOLVERS', 'GRAD_MODES', 'State', 'SolverStats', 'check_solver_args', 'build_deq_core', 'solve', 'jacobian_penalty']
 
 
 @dataclass
@@ -63,8 +68,7 @@ def build_deq_core(f_solver: str = 'anderson', f_max_iter: int = 12, f_tol: floa
     )
 
 
-def solve(core: torch.nn.Module, func: Callable[[torch.Tensor], torch.Tensor], z_init: torch.Tensor,
-          f_tol: float) -> Tuple[torch.Tensor, SolverStats]:
+def solve(core: torch.nn.Module, func: Callable[..., State], z_init: State, f_tol: float) -> Tuple[State, SolverStats]:
     """Solve ``z = func(z)`` from ``z_init`` with the core; returns the (best) iterate and its stats."""
     z_out, info = core(func, z_init)
     z_star = z_out[-1]
@@ -74,7 +78,12 @@ def solve(core: torch.nn.Module, func: Callable[[torch.Tensor], torch.Tensor], z
     return z_star, stats
 
 
-def jacobian_penalty(func: Callable[[torch.Tensor], torch.Tensor], z_star: torch.Tensor) -> torch.Tensor:
-    """Hutchinson estimate of ||J_f(z*)||_F^2 / numel (Bai et al. 2021), differentiable in f's weights."""
-    z_probe = z_star.detach().requires_grad_()
-    return jac_reg(func(z_probe), z_probe, vecs=1, create_graph=True)
+def jacobian_penalty(func: Callable[..., State], z_star: State) -> torch.Tensor:
+    """Hutchinson estimate of ||J_f(z*)||_F^2 / numel (Bai et al. 2021), differentiable in f's weights.
+
+    A list state is probed as the flattened vector torchdeq solves (its own wrapper flattens it).
+    """
+    z_star = z_star.detach() if torch.is_tensor(z_star) else [z.detach() for z in z_star]
+    vector_func, z_vector = deq_decorator(func, z_star, no_stat=False)
+    z_probe = z_vector.detach().requires_grad_()
+    return jac_reg(vector_func(z_probe), z_probe, vecs=1, create_graph=True)

@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Arguments that shape the architecture and so carry over from a model to its dense weight-tied twin;
 # everything else (mask_*, solver settings) is family-specific.
-ARCH_KWARGS = ('width', 'num_stages', 'stem_stride', 'norm_groups', 'depth', 'num_classes', 'in_chans')
+ARCH_KWARGS = ('width', 'num_stages', 'num_branches', 'stem_stride', 'norm_groups', 'depth', 'num_classes', 'in_chans')
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,14 @@ class ModelSpec:
 
     @property
     def family(self) -> str:
-        return self.name.split('_', 1)[0]
+        """'wt', 'wtsm' or 'deq' (``mdeq_*`` is the multi-resolution family's DEQ)."""
+        from .. import zoo_family
+        return zoo_family(self.name)[0]
+
+    @property
+    def architecture(self) -> str:
+        from .. import zoo_family
+        return zoo_family(self.name)[1]
 
     @property
     def size(self) -> str:
@@ -70,13 +77,14 @@ class ModelSpec:
         """Unrolled iterations per stage (None for a DEQ, which solves)."""
         if not self.unrolled:
             return None
-        from ..models import MODEL_SIZES
-        return int(self.kwargs_dict().get('depth', MODEL_SIZES[self.size]['depth']))
+        from ..models import MDEQ_SIZES, MODEL_SIZES
+        sizes = MDEQ_SIZES if self.architecture == 'mdeq' else MODEL_SIZES
+        return int(self.kwargs_dict().get('depth', sizes[self.size]['depth']))
 
     def twin(self) -> 'ModelSpec':
         """The dense weight-tied model with the same parameters (itself for a plain WT spec)."""
         keep = tuple((k, v) for k, v in self.kwargs if k in ARCH_KWARGS)
-        return ModelSpec(f'wt_resnet_{self.size}', keep)
+        return ModelSpec(f'wt_{self.architecture}_{self.size}', keep)
 
 
 def parse_model_specs(patterns: Iterable[str]) -> List[ModelSpec]:

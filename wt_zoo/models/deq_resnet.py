@@ -1,25 +1,33 @@
 """Deep Equilibrium ResNets: the same block as the weight-tied family, solved for z* = f(z*, x).
 
-Solvers and gradients come from torchdeq (see :mod:`wt_zoo.solvers`). TorchScript and fx are not
-supported for this family: the solvers' convergence loops read tensor values on the host.
+Solvers and gradients come from torchdeq (see :mod:`wt_zoo.solvers`). TorchScript is not supported
+for this family: the solvers' convergence loops read tensor values on the host. fx treats the
+solver-driven layer (:class:`EquilibriumImplicit`) as a leaf, so symbolic tracing and torchvision's
+fx feature extraction work around it.
 """
 import warnings
 from typing import Dict, List, Optional
 
 import torch
 from torch import nn
+from timm.layers import register_notrace_module
 from timm.models import register_model
 
-from ..solvers import SolverStats, build_deq_core, check_solver_args, jacobian_penalty, solve
-from .implicit_resnet import ImplicitBlock, ImplicitResNet, check_depth, create_implicit_resnet, family_default_cfgs
+from ..solvers import SolverStats, State, build_deq_core, check_solver_args, jacobian_penalty, solve
+from .implicit_resnet import ImplicitResNet, check_depth, create_implicit_resnet, family_default_cfgs
 
-__all__ = ['EquilibriumImplicit', 'DEQResNet']
+__all__ = ['EquilibriumImplicit', 'EquilibriumMixin', 'DEQResNet']
 
 
+@register_notrace_module  # fx: a leaf, the solver's loop reads tensor values
 class EquilibriumImplicit(nn.Module):
-    """Solve the stage's fixed point with torchdeq; record what the solver did on every forward."""
+    """Solve the implicit layer's fixed point with torchdeq; record what the solver did on every forward.
 
-    def __init__(self, block: ImplicitBlock, f_solver: str = 'anderson', f_max_iter: int = 12, f_tol: float = 1e-3,
+    The state is the block's: a tensor for a single-resolution block, a list with one tensor per
+    branch for a multi-resolution one (torchdeq solves a list as one flattened vector).
+    """
+
+    def __init__(self, block: nn.Module, f_solver: str = 'anderson', f_max_iter: int = 12, f_tol: float = 1e-3,
                  b_solver: str = 'fixed_point_iter', b_max_iter: int = 12, grad_mode: str = 'phantom',
                  phantom_steps: int = 2, jac_reg_weight: float = 0.0):
         super().__init__()
@@ -34,9 +42,13 @@ class EquilibriumImplicit(nn.Module):
         self.unrolled_depth = 0  # > 0: train unrolled this many steps instead of solving (warm-up)
         self._warned = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: State) -> State:
+        branches = not torch.is_tensor(x)
+        if branches:
+            x = list(x)
+        first = x[0] if branches else x
         z_init = x  # the same start as the unrolled twin
-        if x.device.type == 'meta':
+        if first.device.type == 'meta':
             # No values to iterate on: one application gives the output's shape and dtype.
             return self.block(z_init, x)
         if self.unrolled_depth and self.training:
@@ -48,21 +60,23 @@ class EquilibriumImplicit(nn.Module):
 
         # torchdeq calls func again inside backward (implicit gradient), where autocast is no longer on:
         # carry the forward's autocast state so both see the same function.
-        device_type = x.device.type
+        device_type = first.device.type
         autocast_on = torch.is_autocast_enabled(device_type)
         autocast_dtype = torch.get_autocast_dtype(device_type)
 
-        def func(z):
+        def func(*z):  # torchdeq passes a list state as one argument per branch
             with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
-                return self.block(z, x).to(z.dtype)
+                if not branches:
+                    return self.block(z[0], x).to(z[0].dtype)
+                return [out.to(state.dtype) for out, state in zip(self.block(list(z), x), z)]
 
         # The solver's iterates and algebra (Anderson's bmm and least squares) stay fp32: in bf16 its small
         # systems lose the regulariser and turn singular. Only the block runs in autocast.
         if autocast_on:
-            z_init = z_init.float()
+            z_init = [z.float() for z in z_init] if branches else z_init.float()
         with torch.autocast(device_type, enabled=False):
             z_star, stats = solve(self.deq, func, z_init, self.f_tol)
-        if not torch.isfinite(z_star).all():
+        if not all(torch.isfinite(z).all() for z in (z_star if branches else [z_star])):
             raise FloatingPointError(
                 f'DEQ solver returned non-finite values (relative residual {stats.rel_residual:.3g} after '
                 f'{stats.nstep:.1f} iterations); lower the learning rate or raise jac_reg_weight')
@@ -79,10 +93,12 @@ class EquilibriumImplicit(nn.Module):
         return z_star
 
 
-class DEQResNet(ImplicitResNet):
-    """DEQ twin of :class:`WTResNet`: identical parameters, the stage solved instead of unrolled.
+class EquilibriumMixin:
+    """What makes any zoo architecture a DEQ: its implicit layers solved, not unrolled.
 
-    ``warmup_depth`` is the twin's depth: what :meth:`set_unrolled_warmup` unrolls during training.
+    Put it before the architecture class (``class DEQResNet(EquilibriumMixin, ImplicitResNet)``); it
+    consumes the solver settings (see :func:`wt_zoo.solvers.check_solver_args`) and ``warmup_depth``,
+    the weight-tied twin's depth: what :meth:`set_unrolled_warmup` unrolls during training.
     """
     unrolled = False
 
@@ -110,7 +126,7 @@ class DEQResNet(ImplicitResNet):
 
     @torch.jit.ignore
     def set_unrolled_warmup(self, enable: bool = True) -> None:
-        """Train each stage as its weight-tied twin (``warmup_depth`` unrolled steps) instead of solving.
+        """Train each implicit layer as its weight-tied twin (``warmup_depth`` unrolled steps) instead of solving.
 
         MDEQ's pretraining: the unrolled steps give the block a useful, stable map before the solver
         and its approximate gradients take over. Evaluation always solves.
@@ -120,9 +136,9 @@ class DEQResNet(ImplicitResNet):
 
     @property
     def solver_stats(self) -> Dict[str, Dict[str, float]]:
-        """Per stage, what the last forward's solver did (mean iterations, worst residual, converged)."""
-        return {f'stages.{i}': layer.last_stats.as_dict()
-                for i, layer in enumerate(self.implicit_layers()) if layer.last_stats is not None}
+        """Per implicit layer, what the last forward's solver did (mean iterations, worst residual, converged)."""
+        return {name: layer.last_stats.as_dict()
+                for name, layer in self.named_implicit_layers() if layer.last_stats is not None}
 
     def aux_loss(self) -> torch.Tensor:
         """Weighted Jacobian regularisation of the last training forward (zero when disabled)."""
@@ -130,6 +146,10 @@ class DEQResNet(ImplicitResNet):
         if not penalties:
             return torch.zeros((), device=self.stem.conv.weight.device)
         return self.deq_args['jac_reg_weight'] * torch.stack(penalties).sum()
+
+
+class DEQResNet(EquilibriumMixin, ImplicitResNet):
+    """DEQ twin of :class:`WTResNet`: identical parameters, each stage solved instead of unrolled."""
 
 
 default_cfgs = family_default_cfgs('deq')

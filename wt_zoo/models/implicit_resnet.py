@@ -6,9 +6,13 @@ How the iteration runs is the only thing that differs between the families (unro
 number of times, unrolled through per-iteration sparse masks, or solved to a fixed point), so
 the block, stem, downsampling and head here are the same code for all of them and twins have
 exactly the same parameters.
+
+The weight-tied driver (:class:`UnrolledImplicit`), the model plumbing every zoo architecture
+shares (:class:`ImplicitNet`) and the cfg/size helpers serve the multi-resolution family
+(:mod:`.mdeq`) as well.
 """
 from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +24,9 @@ from timm.models._features import feature_take_indices
 from ..hub_ids import published_hub_ids
 
 __all__ = [
-    'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'check_depth', 'ImplicitResNet', 'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD',
-    'family_default_cfgs', 'create_implicit_resnet',
+    'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'check_depth', 'check_input', 'ImplicitNet', 'ImplicitResNet',
+    'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'implicit_default_cfgs', 'family_default_cfgs', 'create_implicit_model',
+    'create_implicit_resnet',
 ]
 
 # Per-channel statistics of the CIFAR-10 training split (original dataset); Fashion-MNIST likewise.
@@ -88,6 +93,10 @@ class UnrolledImplicit(nn.Module):
 
     With ``masks`` (an :class:`wt_zoo.masks.IterationMasks`), iteration k convolves with the shared
     weights times its own fixed mask; without, it is the dense weight-tied model.
+
+    The loop (:meth:`iterate`) runs on a list of states, one per resolution, so that one driver
+    serves a single-resolution block (this class: tensor in, tensor out) and a multi-resolution one
+    (:class:`wt_zoo.models.mdeq.UnrolledBranches`, which only retypes ``step`` and ``forward``).
     """
 
     def __init__(self, block: ImplicitBlock, depth: int, masks: Optional[nn.Module] = None):
@@ -98,12 +107,16 @@ class UnrolledImplicit(nn.Module):
         self.masks = masks
         self.grad_checkpointing = False
 
-    def step(self, z: torch.Tensor, x: torch.Tensor, iteration: int) -> torch.Tensor:
+    def iteration_weights(self, iteration: int) -> Optional[List[torch.Tensor]]:
+        """The block's conv weights at ``iteration``: masked copies, or None for the block's own."""
         if self.masks is None:
-            return self.block(z, x)
-        return self.block(z, x, self.masks(self.block.conv_weights(), iteration))
+            return None
+        return self.masks(self.block.conv_weights(), iteration)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def step(self, z: List[torch.Tensor], x: List[torch.Tensor], iteration: int) -> List[torch.Tensor]:
+        return [self.block(z[0], x[0], self.iteration_weights(iteration))]
+
+    def iterate(self, x: List[torch.Tensor]) -> List[torch.Tensor]:
         z = x  # start from the injected input, so the first iteration's convs see real features
         for iteration in range(self.depth):
             if self.grad_checkpointing and not torch.jit.is_scripting() and torch.is_grad_enabled():
@@ -111,6 +124,9 @@ class UnrolledImplicit(nn.Module):
             else:
                 z = self.step(z, x, iteration)
         return z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.iterate([x])[0]
 
 
 class ImplicitStage(nn.Module):
@@ -133,32 +149,31 @@ class ImplicitStage(nn.Module):
         return self.implicit(self.downsample(x))
 
 
-class ImplicitResNet(nn.Module):
-    """Stem, implicit stages (width doubling, stride 2 after the first), timm classifier head.
+class ImplicitNet(nn.Module):
+    """What every zoo architecture shares around its implicit layers: stem, timm head plumbing, switches.
 
-    ``implicit_layer(block, stage_index, device)`` builds the iteration of each stage; the family
-    classes (WTResNet, WTSMResNet, DEQResNet) supply it and keep their own keyword arguments.
+    Subclasses build their implicit layers between :meth:`__init__` (argument checks, stem) and
+    :meth:`init_head`, and say where the layers are in :meth:`named_implicit_layers`. The family
+    mixins (:class:`wt_zoo.models.wt_resnet.WeightTiedMixin` and its siblings) supply the
+    ``implicit_layer(block, stage_index, device)`` factory; ``unrolled_layer_cls`` is the
+    weight-tied driver that fits the architecture's block.
     """
+    unrolled_layer_cls = UnrolledImplicit
 
     def __init__(
             self,
-            implicit_layer: Callable[..., nn.Module],
-            width: int = 48,
-            num_stages: int = 2,
-            stem_stride: int = 2,
-            norm_groups: int = 8,
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
+            width: int,
+            stem_stride: int,
+            norm_groups: int,
+            num_classes: int,
+            in_chans: int,
+            drop_rate: float,
             device=None,
             dtype=None,
     ):
         super().__init__()
         if not isinstance(width, int) or width < 1 or width % norm_groups:
             raise ValueError(f'width must be a positive multiple of norm_groups={norm_groups}, got {width!r}')
-        if not isinstance(num_stages, int) or num_stages < 1:
-            raise ValueError(f'num_stages must be a positive integer, got {num_stages!r}')
         if stem_stride not in (1, 2):
             raise ValueError(f'stem_stride must be 1 or 2, got {stem_stride!r}')
         dd = dict(device=device, dtype=dtype)
@@ -172,31 +187,22 @@ class ImplicitResNet(nn.Module):
         self.stem.add_module('conv', nn.Conv2d(in_chans, width, 3, stride=stem_stride, padding=1, bias=False, **dd))
         self.stem.add_module('norm', nn.BatchNorm2d(width, **dd))
         self.stem.add_module('act', nn.ReLU(inplace=True))
-        self.feature_info = [dict(num_chs=width, reduction=stem_stride, module='stem')]
 
-        stages = []
-        in_chs, reduction = width, stem_stride
-        for stage_index in range(num_stages):
-            out_chs = width * 2 ** stage_index
-            stride = 1 if stage_index == 0 else 2
-            reduction *= stride
-            block = ImplicitBlock(out_chs, norm_groups, **dd)
-            implicit = implicit_layer(block, stage_index=stage_index, device=device)
-            stages.append(ImplicitStage(in_chs, out_chs, stride, implicit, **dd))
-            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_index}'))
-            in_chs = out_chs
-        self.stages = nn.Sequential(*stages)
-
-        self.num_features = in_chs
-        self.head = ClassifierHead(in_chs, num_classes, pool_type=global_pool, drop_rate=drop_rate, **dd)
+    def init_head(self, num_features: int, global_pool: str, device=None, dtype=None) -> None:
+        """timm's classifier head on the ``num_features`` channels forward_features returns."""
+        self.num_features = num_features
+        self.head = ClassifierHead(num_features, self.num_classes, pool_type=global_pool, drop_rate=self.drop_rate,
+                                   device=device, dtype=dtype)
         self.head_hidden_size = self.head.num_features
 
-    def implicit_layers(self) -> List[nn.Module]:
-        return [stage.implicit for stage in self.stages]
+    @torch.jit.ignore
+    def named_implicit_layers(self) -> List[Tuple[str, nn.Module]]:
+        """(name, driver) of every implicit layer; the name keys ``solver_stats``."""
+        raise NotImplementedError
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)')
+    def implicit_layers(self) -> List[nn.Module]:
+        return [layer for _, layer in self.named_implicit_layers()]
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -218,6 +224,67 @@ class ImplicitResNet(nn.Module):
         self.head.reset(num_classes, pool_type=global_pool, in_features=self.num_features, **get_device_dtype(self))
         self.head_hidden_size = self.head.num_features
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The input checked (fx keeps the check out of the graph: it is called from this module), then the stem."""
+        check_input(x, self.in_chans, self.min_input_size)
+        return self.stem(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class ImplicitResNet(ImplicitNet):
+    """Stem, implicit stages (width doubling, stride 2 after the first), timm classifier head.
+
+    ``implicit_layer(block, stage_index, device)`` builds the iteration of each stage; the family
+    classes (WTResNet, WTSMResNet, DEQResNet) supply it and keep their own keyword arguments.
+    """
+
+    def __init__(
+            self,
+            implicit_layer: Callable[..., nn.Module],
+            width: int = 48,
+            num_stages: int = 2,
+            stem_stride: int = 2,
+            norm_groups: int = 8,
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        if not isinstance(num_stages, int) or num_stages < 1:
+            raise ValueError(f'num_stages must be a positive integer, got {num_stages!r}')
+        super().__init__(width, stem_stride, norm_groups, num_classes, in_chans, drop_rate, device=device, dtype=dtype)
+        dd = dict(device=device, dtype=dtype)
+        self.feature_info = [dict(num_chs=width, reduction=stem_stride, module='stem')]
+
+        stages = []
+        in_chs, reduction = width, stem_stride
+        for stage_index in range(num_stages):
+            out_chs = width * 2 ** stage_index
+            stride = 1 if stage_index == 0 else 2
+            reduction *= stride
+            block = ImplicitBlock(out_chs, norm_groups, **dd)
+            implicit = implicit_layer(block, stage_index=stage_index, device=device)
+            stages.append(ImplicitStage(in_chs, out_chs, stride, implicit, **dd))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f'stages.{stage_index}'))
+            in_chs = out_chs
+        self.stages = nn.Sequential(*stages)
+        self.init_head(in_chs, global_pool, **dd)
+
+    @torch.jit.ignore
+    def named_implicit_layers(self) -> List[Tuple[str, nn.Module]]:
+        return [(f'stages.{i}', stage.implicit) for i, stage in enumerate(self.stages)]
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(stem=r'^stem', blocks=r'^stages\.(\d+)')
+
     def forward_intermediates(
             self,
             x: torch.Tensor,
@@ -230,10 +297,9 @@ class ImplicitResNet(nn.Module):
         """Features after the stem (index 0) and after each stage's iteration (1..num_stages)."""
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        check_input(x, self.in_chans, self.min_input_size)
         take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
         intermediates: List[torch.Tensor] = []
-        x = self.stem(x)
+        x = self.forward_stem(x)
         if 0 in take_indices:
             intermediates.append(x)
         num_run = max_index if stop_early else len(self.stages)
@@ -264,15 +330,7 @@ class ImplicitResNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(x, self.in_chans, self.min_input_size)
-        x = self.stem(x)
-        return self.stages(x)
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.stages(self.forward_stem(x))
 
 
 def _cfg(dataset: str = 'c10', **kwargs) -> Dict[str, Any]:
@@ -291,33 +349,48 @@ def _cfg(dataset: str = 'c10', **kwargs) -> Dict[str, Any]:
     )
 
 
-def _pool_size(size: str, input_px: int) -> Tuple[int, int]:
-    arch = MODEL_SIZES[size]
-    reduction = arch['stem_stride'] * 2 ** (arch['num_stages'] - 1)
-    side = -(-input_px // reduction)
-    return side, side
+def implicit_default_cfgs(
+        prefixes: Sequence[str],
+        reductions: Dict[str, int],
+        hub_ids: Optional[Dict[str, str]] = None,
+) -> Dict[str, Any]:
+    """``default_cfgs`` for ``<prefix>_<size>`` models: every size with a ``.c10`` and an ``.fmnist`` tag.
 
-
-def family_default_cfgs(family: str, hub_ids: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
-    """``default_cfgs`` for one family: every size with a ``.c10`` and an ``.fmnist`` tag.
-
-    ``hub_ids`` maps ``'arch.tag'`` to the Hub repository of a published checkpoint; by default
-    every ``hub_configs/<arch>.<tag>/`` folder is published (see :mod:`wt_zoo.hub_ids`).
+    ``reductions`` maps each size to the stride of the map forward_features returns (it sets
+    ``pool_size``). ``hub_ids`` maps ``'arch.tag'`` to the Hub repository of a published checkpoint;
+    by default every ``hub_configs/<arch>.<tag>/`` folder is published (see :mod:`wt_zoo.hub_ids`).
     """
     hub_ids = published_hub_ids() if hub_ids is None else hub_ids
     cfgs = {}
-    for size in MODEL_SIZES:
-        for tag, input_px in (('c10', 32), ('fmnist', 28)):
-            name = f'{family}_resnet_{size}.{tag}'
-            extra = dict(hf_hub_id=hub_ids[name]) if name in hub_ids else {}
-            cfgs[name] = _cfg(tag, pool_size=_pool_size(size, input_px), **extra)
+    for prefix in prefixes:
+        for size, reduction in reductions.items():
+            for tag, input_px in (('c10', 32), ('fmnist', 28)):
+                name = f'{prefix}_{size}.{tag}'
+                side = -(-input_px // reduction)
+                extra = dict(hf_hub_id=hub_ids[name]) if name in hub_ids else {}
+                cfgs[name] = _cfg(tag, pool_size=(side, side), **extra)
     return generate_default_cfgs(cfgs)
 
 
-def create_implicit_resnet(model_cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Build through timm, with the size of ``variant`` as defaults the caller's kwargs override."""
-    size = variant.rsplit('_', 1)[-1]
-    model_args = dict(MODEL_SIZES[size])
+def family_default_cfgs(family: str, hub_ids: Optional[Dict[str, str]] = None) -> Dict[str, Any]:
+    """``default_cfgs`` of the ``<family>_resnet_*`` models (see :func:`implicit_default_cfgs`)."""
+    reductions = {size: arch['stem_stride'] * 2 ** (arch['num_stages'] - 1) for size, arch in MODEL_SIZES.items()}
+    return implicit_default_cfgs([f'{family}_resnet'], reductions, hub_ids)
+
+
+def create_implicit_model(
+        model_cls: type,
+        variant: str,
+        pretrained: bool,
+        size_args: Dict[str, int],
+        num_feature_maps: Callable[[Dict[str, Any]], int],
+        **kwargs,
+) -> nn.Module:
+    """Build through timm, with ``size_args`` as defaults the caller's kwargs override.
+
+    ``num_feature_maps(model_args)`` is how many maps ``features_only`` returns by default.
+    """
+    model_args = dict(size_args)
     if not model_cls.unrolled:
         model_args['warmup_depth'] = model_args.pop('depth')  # a DEQ's unrolled warm-up runs as its WT twin
     model_args.update(kwargs)
@@ -329,6 +402,14 @@ def create_implicit_resnet(model_cls: type, variant: str, pretrained: bool = Fal
             model_args['pretrained_cfg_overlay'] = {**(model_args.get('pretrained_cfg_overlay') or {}), **overlay}
     return build_model_with_cfg(
         model_cls, variant, pretrained,
-        feature_cfg=dict(feature_cls='getter', flatten_sequential=True, out_indices=tuple(range(model_args['num_stages'] + 1))),
+        feature_cfg=dict(feature_cls='getter', flatten_sequential=True,
+                         out_indices=tuple(range(num_feature_maps(model_args)))),
         **model_args,
     )
+
+
+def create_implicit_resnet(model_cls: type, variant: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build a ``<family>_resnet_<size>`` model: the stem's map and one per stage as features."""
+    size = variant.rsplit('_', 1)[-1]
+    return create_implicit_model(model_cls, variant, pretrained, MODEL_SIZES[size],
+                                 lambda model_args: model_args['num_stages'] + 1, **kwargs)

@@ -1,20 +1,27 @@
 """Weight-tied ResNets: one shared residual block per stage, unrolled ``depth`` times, trained by backprop."""
-from functools import partial
-
 from timm.models import register_model
 
-from .implicit_resnet import ImplicitResNet, UnrolledImplicit, create_implicit_resnet, family_default_cfgs
+from .implicit_resnet import ImplicitResNet, create_implicit_resnet, family_default_cfgs
 
-__all__ = ['WTResNet']
+__all__ = ['WeightTiedMixin', 'WTResNet']
 
 
-class WTResNet(ImplicitResNet):
-    """Dense weight-tied model. ``depth`` iterations per stage share one block's weights."""
+class WeightTiedMixin:
+    """Dense weight tying for any zoo architecture: each implicit layer unrolls its block ``depth`` times.
+
+    Put it before the architecture class (``class WTResNet(WeightTiedMixin, ImplicitResNet)``); it
+    consumes ``depth`` and hands the architecture its ``implicit_layer`` factory.
+    """
     unrolled = True
 
     def __init__(self, depth: int = 4, **kwargs):
         self.depth = depth
-        super().__init__(implicit_layer=lambda block, stage_index, device: UnrolledImplicit(block, depth), **kwargs)
+        super().__init__(
+            implicit_layer=lambda block, stage_index, device: self.unrolled_layer_cls(block, depth), **kwargs)
+
+
+class WTResNet(WeightTiedMixin, ImplicitResNet):
+    """Dense weight-tied model. ``depth`` iterations per stage share one block's weights."""
 
 
 default_cfgs = family_default_cfgs('wt')

@@ -7,16 +7,21 @@ from timm.layers import register_notrace_module
 from timm.models import register_model
 
 from ..masks import IterationMasks, check_mask_args
-from .implicit_resnet import ImplicitResNet, UnrolledImplicit, check_depth, create_implicit_resnet, family_default_cfgs
+from .implicit_resnet import ImplicitResNet, check_depth, create_implicit_resnet, family_default_cfgs
 
-__all__ = ['WTSMResNet']
+__all__ = ['SparseMaskMixin', 'WTSMResNet']
 
 # fx treats the mask lookup as a leaf: its eval-mode cache is not traceable.
 register_notrace_module(IterationMasks)
 
 
-class WTSMResNet(ImplicitResNet):
-    """Sparse-mask weight-tied model; see :class:`wt_zoo.masks.IterationMasks` for the masks."""
+class SparseMaskMixin:
+    """Sparse-mask weight tying for any zoo architecture; see :class:`wt_zoo.masks.IterationMasks`.
+
+    Each implicit layer unrolls its block ``depth`` times, iteration k through its own fixed mask on
+    every conv weight the block lists in ``conv_weights()``. Layer ``i`` draws from seed
+    ``mask_seed * 1000 + i``.
+    """
     unrolled = True
 
     def __init__(
@@ -38,9 +43,13 @@ class WTSMResNet(ImplicitResNet):
                 [tuple(w.shape) for w in block.conv_weights()], depth, mask_density=mask_density,
                 mask_kind=mask_kind, mask_mode=mask_mode, mask_seed=mask_seed * 1000 + stage_index, device=device,
             )
-            return UnrolledImplicit(block, depth, masks=masks)
+            return self.unrolled_layer_cls(block, depth, masks=masks)
 
         super().__init__(implicit_layer=implicit_layer, **kwargs)
+
+
+class WTSMResNet(SparseMaskMixin, ImplicitResNet):
+    """Sparse-mask weight-tied ResNet; see :class:`SparseMaskMixin` for the arguments."""
 
 
 default_cfgs = family_default_cfgs('wtsm')
