@@ -6,7 +6,8 @@
     python validate.py --model hf-hub:ORG/NAME --dataset cifar10 --split test --results-file r.json
 
 --results-file writes CSV or JSON (by the extension), one row per model, with the dataset, split,
-device and input size next to the figures.
+device and input size next to the figures. --tta flip|flip-translate adds test-time-augmented figures
+(tta_top1, tta_top5, tta_loss) beside the plain ones, which stay the plain pass's.
 """
 import argparse
 import json
@@ -19,6 +20,7 @@ import torch
 
 from wt_zoo import data as wt_data
 from wt_zoo import training as wt_training
+from wt_zoo.tta import TTA_MODES, TTA_SHIFT, num_tta_views
 
 _logger = logging.getLogger('validate')
 
@@ -63,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     add('--no-flops', action='store_true', help='skip the fvcore GFLOPs count')
     add('--results-file', default='', help='write results here: .csv or .json')
     add('--seed', type=int, default=0, help='seed (DEQ solvers and profiling use random tensors)')
+    add('--tta', default='none', choices=list(TTA_MODES),
+        help=f'test-time augmentation reported beside the plain figures: mean softmax over the image and its mirror '
+        f'(flip), and each also shifted {TTA_SHIFT} px up/down/left/right with reflected borders (flip-translate)')
     return parser
 
 
@@ -74,6 +79,8 @@ def parse_args(argv=None):
         args.model = [args.model]
     if args.results_file and Path(args.results_file).suffix.lower() not in ('.csv', '.json'):
         parser.error(f'--results-file {args.results_file}: expected a .csv or .json extension')
+    if args.tta not in TTA_MODES:  # a --config file's value skips argparse's choices
+        parser.error(f'--tta: expected one of {", ".join(TTA_MODES)}, got {args.tta!r}')
     return args
 
 
@@ -162,13 +169,18 @@ def validate_one(name: str, args, ctx) -> Dict[str, object]:
     amp_dtype = None
     if args.amp:
         amp_dtype = torch.bfloat16 if ctx.device.type == 'cpu' or args.amp_dtype == 'bfloat16' else torch.float16
-    metrics = wt_training.evaluate(run_model, loader, ctx, amp_dtype, progress=sys.stderr.isatty(), desc=name)
+    metrics = wt_training.evaluate(run_model, loader, ctx, amp_dtype, progress=sys.stderr.isatty(), desc=name,
+                                   tta=args.tta)
     input_size = tuple(data_config['input_size'])
     row = dict(
         model=name, checkpoint=args.checkpoint or ('pretrained' if args.pretrained else ''),
         top1=round(metrics['top1'], 4), top5=round(metrics['top5'], 4), loss=round(metrics['loss'], 6),
-        images_per_s=round(metrics['images_per_s'], 2), params=sum(p.numel() for p in model.parameters()),
     )
+    if args.tta != 'none':  # beside the plain figures, never instead of them
+        row.update(tta=args.tta, tta_views=num_tta_views(args.tta), tta_top1=round(metrics['tta_top1'], 4),
+                   tta_top5=round(metrics['tta_top5'], 4), tta_loss=round(metrics['tta_loss'], 6),
+                   tta_images_per_s=round(metrics['tta_images_per_s'], 2))
+    row.update(images_per_s=round(metrics['images_per_s'], 2), params=sum(p.numel() for p in model.parameters()))
     row.update({k: round(v, 6) for k, v in metrics.items() if k.startswith('solver_')})
     if not args.no_flops:
         first_batch = next(iter(loader))[0][:64]
@@ -193,7 +205,9 @@ def main(argv=None) -> int:
         rows = []
         for name in names:
             row = validate_one(name, args, ctx)
-            _logger.info(f'{name}: top1 {row["top1"]:.2f} top5 {row["top5"]:.2f} loss {row["loss"]:.4f} '
+            tta = (f' | {row["tta"]} TTA ({row["tta_views"]} views): top1 {row["tta_top1"]:.2f} top5 '
+                   f'{row["tta_top5"]:.2f} loss {row["tta_loss"]:.4f} |' if 'tta' in row else '')
+            _logger.info(f'{name}: top1 {row["top1"]:.2f} top5 {row["top5"]:.2f} loss {row["loss"]:.4f}{tta} '
                          f'{row["images_per_s"]:.0f} img/s, {row["params"] / 1e6:.3f}M params'
                          + (f', {row["gflops"]:.4f} GFLOPs' if 'gflops' in row else ''))
             rows.append(row)

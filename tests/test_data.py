@@ -322,6 +322,60 @@ def test_device_loader_cutout_zeroes_one_square_per_image():
         assert rows.max() - rows.min() < 4 and cols.max() - cols.min() < 4
 
 
+def _flips_by_image(loader, epoch, n):
+    """{image index: flipped?} for one epoch of a loader whose labels are the image indices (no crop)."""
+    loader.set_epoch(epoch)
+    flipped = {}
+    for x, y in loader:
+        for img, i in zip(x.round().to(torch.uint8), y.tolist()):
+            src = loader.images[i]
+            assert torch.equal(img, src) != torch.equal(img, src.flip(2)), 'each image is itself or its mirror'
+            flipped[i] = torch.equal(img, src.flip(2))
+    assert len(flipped) == n
+    return flipped
+
+
+def test_alternate_flips_show_each_image_both_ways_over_two_epochs_and_follow_seed_and_epoch():
+    arrays = _arrays(42)
+    arrays.labels = np.arange(42)  # labels as indices, to tell the images apart
+    kwargs = dict(mean=(0.,) * 3, std=(1 / 255,) * 3, is_training=True, crop_padding=0, hflip_mode='alternate')
+
+    def flips(epoch, seed=3, world_size=1):
+        loaders = [wt_data.DeviceImageLoader(arrays, 7, seed=seed, rank=r, world_size=world_size, **kwargs)
+                   for r in range(world_size)]
+        merged = {}
+        for loader in loaders:
+            loader.set_epoch(epoch)
+            merged.update(_flips_by_image(loader, epoch, 42 // world_size))
+        return merged
+
+    epochs = [flips(e) for e in range(4)]
+    for a, b in zip(epochs, epochs[1:]):  # any two consecutive epochs: each image once flipped, once not
+        assert all(a[i] != b[i] for i in range(42))
+    assert 8 < sum(epochs[0].values()) < 34  # a fair coin per image at epoch 0, not all one way
+    assert epochs[2] == epochs[0] and epochs[3] == epochs[1]
+    # the flips follow from seed and epoch alone: a fresh loader at epoch 3 (a resumed run), sharded or not
+    assert flips(3) == epochs[3] and flips(3, world_size=2) == epochs[3]
+    assert flips(0, seed=4) != epochs[0]
+    # random mode keeps drawing independent coins: some image shows the same way in epochs 0 and 1
+    random_mode = dict(kwargs, hflip_mode='random')
+    loader = wt_data.DeviceImageLoader(arrays, 7, seed=3, **random_mode)
+    first, second = _flips_by_image(loader, 0, 42), _flips_by_image(loader, 1, 42)
+    assert any(first[i] == second[i] for i in range(42))
+
+
+def test_alternate_flips_need_the_default_flip_probability_and_the_on_device_loader(tmp_path):
+    with pytest.raises(ValueError, match='--hflip must be 0.5'):
+        wt_data.DeviceImageLoader(_arrays(), 4, (0.,) * 3, (1.,) * 3, is_training=True, hflip=0.3,
+                                  hflip_mode='alternate')
+    with pytest.raises(ValueError, match='hflip mode must be one of random, alternate'):
+        wt_data.DeviceImageLoader(_arrays(), 4, (0.,) * 3, (1.,) * 3, is_training=True, hflip_mode='sometimes')
+    spec = wt_data.DataSpec(dataset='', data_dir=str(tmp_path), hflip_mode='alternate')
+    cfg = dict(input_size=(3, 8, 8), mean=(0.,) * 3, std=(1.,) * 3)
+    with pytest.raises(ValueError, match='--hflip-mode alternate needs the on-device loader'):
+        wt_data.create_train_loader(spec, cfg, 4, torch.device('cpu'))
+
+
 def test_device_loader_rejects_bad_settings():
     with pytest.raises(ValueError, match='mean/std need 3 values'):
         wt_data.DeviceImageLoader(_arrays(), 4, (0.5,), (0.5,))

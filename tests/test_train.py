@@ -208,6 +208,41 @@ def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(fake_cifar10,
     assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
 
 
+def test_alternate_flips_and_fused_sgd_resume_exactly(fake_cifar10, tmp_path, caplog, capsys):
+    """--hflip-mode alternate and --opt-impl: a run stopped after epoch 1 and resumed ends bit-identical to an
+    uninterrupted one; resuming with another --opt-impl uses the new one (and warns), not the checkpoint's."""
+    from wt_zoo.trainer import TrainingRun
+    recipe = ['--epochs', '3', '--train-subset', '64', '--eval-subset', '32', '--hflip-mode', 'alternate',
+              '--opt-impl', 'fused']
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'straight', *recipe))
+    stopped = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'stopped', *recipe)))
+    assert all(g['fused'] for g in stopped.optimizer.param_groups)
+    stopped.prepare_output()
+    for epoch in range(2):
+        stopped.train_epoch(epoch)
+    del stopped
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'stopped', *recipe, '--resume', str(tmp_path / 'stopped')))
+    straight, resumed = read_summary(tmp_path / 'straight'), read_summary(tmp_path / 'stopped')
+    assert len(straight) == len(resumed) == 3
+    for a, b in zip(straight, resumed):
+        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == \
+               {k: v for k, v in b.items() if k not in TIMING_COLUMNS}
+    w_straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
+    w_resumed = load_file(str(tmp_path / 'stopped' / 'model.safetensors'))
+    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+    saved = yaml.safe_load((tmp_path / 'straight' / 'args.yaml').read_text())
+    assert saved['hflip_mode'] == 'alternate' and saved['opt_impl'] == 'fused'
+
+    other = [a if a != 'fused' else 'foreach' for a in recipe]
+    run = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'straight', *other, '--resume',
+                                                       str(tmp_path / 'straight'))))
+    assert all(g['foreach'] and not g['fused'] for g in run.optimizer.param_groups) and run.optimizer.state
+    assert "opt_impl: 'fused' -> 'foreach'" in caplog.text
+    with pytest.raises(SystemExit):
+        train.parse_args(['--opt-impl', 'fast'])
+    assert "argument --opt-impl: invalid choice: 'fast'" in capsys.readouterr().err
+
+
 def test_atomic_save_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / 'last.pth.tar'
     wt_training.atomic_torch_save({'epoch': 0, 'w': torch.ones(3)}, path)

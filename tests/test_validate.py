@@ -1,14 +1,17 @@
 """validate.py: figures equal to an evaluation done by hand, CSV/JSON results, many models, checkpoint kinds."""
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
 from argparse import Namespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import validate
 from wt_zoo import data as wt_data
@@ -16,10 +19,15 @@ from wt_zoo import training as wt_training
 from conftest import REPO_ROOT
 
 
+def normalised(images, mean, std):
+    """uint8 (N, H, W, C) images as the model's normalised (N, C, H, W) input."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
 def evaluate_by_hand(model, arrays, mean, std):
     """Top-1 (%) and mean cross-entropy of ``model`` on uint8 arrays, normalised with mean/std."""
-    x = torch.from_numpy(arrays.images).permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+    x = normalised(arrays.images, mean, std)
     y = torch.from_numpy(arrays.labels)
     with torch.no_grad():
         logits = model.eval()(x)
@@ -143,8 +151,95 @@ def test_held_out_split_can_be_validated(exported_tiny, fake_cifar10, tmp_path):
     assert row['split'] == 'val' and row['samples'] == 64  # 20% of the 320 training images
 
 
+def tta_by_hand(model, arrays, mean, std, translate: bool):
+    """Top-1 (%) and cross-entropy of the mean softmax over the mirror and, with ``translate``, 2-pixel shifts
+    up/down/left/right with reflected borders, built on the uint8 images with numpy (normalising commutes)."""
+    shifts = [(0, 0)] + ([(2, 0), (-2, 0), (0, 2), (0, -2)] if translate else [])
+    h, w = arrays.images.shape[1:3]
+    probs = 0
+    with torch.no_grad():
+        for images in (arrays.images, arrays.images[:, :, ::-1]):
+            padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)), mode='reflect')
+            for dy, dx in shifts:
+                view = padded[:, 2 - dy:2 - dy + h, 2 - dx:2 - dx + w]
+                probs = probs + model.eval()(normalised(view, mean, std)).softmax(1)
+    probs = probs / (2 * len(shifts))
+    y = torch.from_numpy(arrays.labels)
+    return 100 * (probs.argmax(1) == y).double().mean().item(), F.nll_loss(probs.log(), y).item()
+
+
+class MirrorSymmetric(nn.Module):
+    """g(x) + g(mirror of x): exactly the same logits for an image and its mirror (float addition commutes)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x) + self.inner(x.flip(3))
+
+
+def test_flip_tta_of_a_mirror_symmetric_model_gives_the_plain_figures(fake_cifar10):
+    import timm
+    torch.manual_seed(0)
+    model = MirrorSymmetric(timm.create_model('wt_resnet_tiny', width=16, num_classes=10))
+    arrays = wt_data.load_image_arrays('cifar10', 'test', fake_cifar10)
+    loader = wt_data.DeviceImageLoader(arrays, 50, (0.5,) * 3, (0.25,) * 3)
+    ctx = wt_training.DistContext(device=torch.device('cpu'))
+    plain = wt_training.evaluate(model, loader, ctx)
+    flip = wt_training.evaluate(model, loader, ctx, tta='flip')
+    assert 'tta_top1' not in plain and flip['tta'] == 'flip'
+    assert (flip['top1'], flip['top5']) == (plain['top1'], plain['top5'])
+    assert (flip['tta_top1'], flip['tta_top5']) == (plain['top1'], plain['top5'])
+    assert flip['tta_loss'] == pytest.approx(plain['loss'], rel=1e-5)
+    # shifts are not a symmetry of the model: flip-translate moves the figures
+    translated = wt_training.evaluate(model, loader, ctx, tta='flip-translate')
+    assert translated['tta_loss'] != pytest.approx(plain['loss'], rel=1e-5)
+    with pytest.raises(ValueError, match='--tta expects one of none, flip, flip-translate'):
+        wt_training.evaluate(model, loader, ctx, tta='rotate')
+
+
+@pytest.mark.parametrize('tta', ['flip', 'flip-translate'])
+def test_tta_is_reported_beside_the_plain_figures(tta, exported_tiny, fake_cifar10, tmp_path, caplog):
+    model, folder = exported_tiny
+    common = ['--model', 'wt_resnet_tiny', '--checkpoint', str(folder / 'model.safetensors'), '--dataset', 'cifar10',
+              '--data-dir', str(fake_cifar10), '--split', 'test', '-b', '50', '--no-flops']
+    caplog.set_level(logging.INFO, logger='validate')
+    validate.main([*common, '--tta', tta, '--results-file', str(tmp_path / 'tta.json')])
+    row = json.loads((tmp_path / 'tta.json').read_text())[0]
+    arrays = wt_data.load_image_arrays('cifar10', 'test', fake_cifar10)
+    cfg = model.pretrained_cfg
+    top1, loss = evaluate_by_hand(model, arrays, cfg['mean'], cfg['std'])
+    tta_top1, tta_loss = tta_by_hand(model, arrays, cfg['mean'], cfg['std'], translate=tta == 'flip-translate')
+    # top1/top5/loss stay the plain pass's; the TTA figures come beside them
+    assert row['top1'] == pytest.approx(top1, abs=1e-3) and row['loss'] == pytest.approx(loss, abs=1e-4)
+    assert row['tta'] == tta and row['tta_views'] == (2 if tta == 'flip' else 10)
+    assert row['tta_top1'] == pytest.approx(tta_top1, abs=1e-3) and row['tta_loss'] == pytest.approx(tta_loss, abs=1e-4)
+    assert row['tta_top1'] <= row['tta_top5'] <= 100 and row['images_per_s'] > row['tta_images_per_s'] > 0
+    validate.main([*common, '--results-file', str(tmp_path / 'plain.json')])
+    plain_row = json.loads((tmp_path / 'plain.json').read_text())[0]
+    assert not any(k.startswith('tta') for k in plain_row)
+    assert (plain_row['top1'], plain_row['top5'], plain_row['loss']) == (row['top1'], row['top5'], row['loss'])
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith('wt_resnet_tiny: top1')][0]
+    assert f'top1 {row["top1"]:.2f}' in summary and f'{tta} TTA' in summary and f'top1 {row["tta_top1"]:.2f}' in summary
+
+
+def test_tta_keeps_the_solver_statistics_of_the_plain_pass_for_deq(fake_cifar10, tmp_path):
+    rows = {}
+    for tta in ('none', 'flip'):
+        validate.main(['--model', 'deq_resnet_tiny', '--model-kwargs', 'width=16', 'f_max_iter=4',
+                       '--dataset', 'cifar10', '--data-dir', str(fake_cifar10), '--eval-subset', '20', '--img-size',
+                       '16', '--no-flops', '--tta', tta, '--results-file', str(tmp_path / f'{tta}.json')])
+        rows[tta] = json.loads((tmp_path / f'{tta}.json').read_text())[0]
+    keys = ('top1', 'top5', 'loss', 'solver_nstep', 'solver_rel_residual', 'solver_rel_residual_max')
+    assert all(k in rows['none'] for k in keys)
+    assert [rows['flip'][k] for k in keys] == [rows['none'][k] for k in keys]
+    assert 0 <= rows['flip']['tta_top1'] <= 100
+
+
 @pytest.mark.parametrize('argv,expected', [
     (['--results-file', 'r.txt'], 'expected a .csv or .json extension'),
+    (['--tta', 'rotate'], "argument --tta: invalid choice: 'rotate'"),
     (['--model', 'wt_resnet_*', '--checkpoint', 'x.safetensors'], '--checkpoint fits one model'),
     (['--model', 'nope_resnet_*'], "no model matches 'nope_resnet_*'"),
     (['--model', 'no_such_model'], "unknown model 'no_such_model'"),
@@ -154,3 +249,10 @@ def test_bad_requests_get_clear_errors(argv, expected, fake_cifar10, capsys):
     with pytest.raises(SystemExit) as stop:
         validate.main(['--dataset', 'cifar10', '--data-dir', str(fake_cifar10), '--no-flops', *argv])
     assert expected in str(stop.value) + capsys.readouterr().err
+
+
+def test_bad_tta_in_a_config_file_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / 'c.yaml').write_text('tta: rotate\n')
+    with pytest.raises(SystemExit):
+        validate.main(['--config', str(tmp_path / 'c.yaml')])
+    assert "--tta: expected one of none, flip, flip-translate, got 'rotate'" in capsys.readouterr().err

@@ -3,8 +3,10 @@
 Small-image datasets (CIFAR-10, CIFAR-100, Fashion-MNIST) are decoded once into one uint8 array
 and served by :class:`DeviceImageLoader`, which keeps every image on the training device and
 augments whole batches there (random crop with padding, horizontal flip, optional cutout), so
-small models are not bound by a CPU data pipeline. Any other dataset goes through timm's
-``create_dataset`` / ``create_loader`` (image folders for downstream tasks, ``hfds/``, ...).
+small models are not bound by a CPU data pipeline. Flips are random per image and epoch
+(``hflip_mode='random'``) or alternate per image between epochs (``'alternate'``: every image seen
+both ways over any two epochs). Any other dataset goes through timm's ``create_dataset`` /
+``create_loader`` (image folders for downstream tasks, ``hfds/``, ...).
 
 Where the files are looked for, in order: ``--data-dir`` when given (nothing else then), else the
 dataset's environment variable (``WT_ZOO_CIFAR10``, ``WT_ZOO_CIFAR100``, ``WT_ZOO_FASHION_MNIST``),
@@ -35,6 +37,7 @@ __all__ = [
     'canonical_dataset_name', 'default_cache_dir', 'load_image_arrays', 'load_split_arrays', 'held_out_split',
     'stratified_indices', 'parse_split_size', 'adapt_image_arrays', 'DeviceImageLoader', 'TimmLoader',
     'create_train_loader', 'create_eval_loader', 'dataset_num_classes', 'NATIVE_INPUT_SIZE', 'NUM_CLASSES',
+    'HFLIP_MODES',
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +73,11 @@ _HOW_TO_GET = {
         "(Debian: apt-get install dataset-fashion-mnist puts them in /usr/share/datasets/fashion-mnist) or at "
         "torchvision's layout (FashionMNIST/raw/); or add --dataset-download to let torchvision download it"),
 }
+# 'random': flip each image with probability --hflip, drawn afresh every epoch. 'alternate': each image's flip
+# at epoch 0 is a fair coin drawn from the seed, and every later epoch flips it the other way, so any two
+# consecutive epochs show it once each way (fewer near-repeats than independent coins; a fast-CIFAR trick).
+HFLIP_MODES = ('random', 'alternate')
+_ALTERNATE_FLIP_STREAM = 0x5EED_F11B  # keeps the alternate flips' coins apart from the crop/shuffle streams
 _SPLIT_ALIASES = {'train': 'train', 'training': 'train', 'val': 'val', 'valid': 'val', 'validation': 'val',
                   'held_out': 'val', 'heldout': 'val', 'test': 'test', 'eval': 'test'}
 
@@ -507,9 +515,11 @@ class DeviceImageLoader:
     """Batches of a uint8 image tensor kept on the device, augmented there in one go per batch.
 
     Training: a seeded permutation per epoch (``set_epoch``), sharded across ranks like
-    torch's DistributedSampler, random crop from a zero-padded image, horizontal flip, optional
-    cutout, then normalisation. Evaluation: each rank takes every world_size-th image, in order,
-    no padding, so summed metrics cover each image exactly once.
+    torch's DistributedSampler, random crop from a zero-padded image, horizontal flip (random, or
+    alternating per image between epochs, see ``HFLIP_MODES``), optional cutout, then normalisation.
+    Every draw follows from (seed, epoch, rank), so a resumed run sees the same batches. Evaluation:
+    each rank takes every world_size-th image, in order, no padding, so summed metrics cover each
+    image exactly once.
     """
 
     def __init__(
@@ -524,6 +534,7 @@ class DeviceImageLoader:
             hflip: float = 0.5,
             cutout: int = 0,
             seed: int = 0,
+            hflip_mode: str = 'random',
             rank: int = 0,
             world_size: int = 1,
             drop_last: Optional[bool] = None,
@@ -531,6 +542,11 @@ class DeviceImageLoader:
     ):
         if batch_size < 1:
             raise ValueError(f'batch size must be >= 1, got {batch_size}')
+        if hflip_mode not in HFLIP_MODES:
+            raise ValueError(f'hflip mode must be one of {", ".join(HFLIP_MODES)}, got {hflip_mode!r}')
+        if hflip_mode == 'alternate' and hflip not in (0, 0.5):
+            raise ValueError(f'--hflip-mode alternate flips each image in every other epoch (a flip probability '
+                             f'of 0.5); --hflip must be 0.5 (or 0 for no flips), got {hflip}')
         chans = arrays.images.shape[-1]
         if len(mean) != chans or len(std) != chans:
             raise ValueError(f'mean/std need {chans} values for {chans}-channel images, got {mean} / {std}')
@@ -542,6 +558,7 @@ class DeviceImageLoader:
         self.is_training = is_training
         self.crop_padding = crop_padding if is_training else 0
         self.hflip = hflip if is_training else 0.
+        self.hflip_mode = hflip_mode
         self.cutout = cutout if is_training else 0
         self.seed = seed
         self.rank = rank
@@ -552,6 +569,10 @@ class DeviceImageLoader:
         self._scale = (1. / (255. * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)
         self._shift = (-torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(1, -1, 1, 1)
         n = len(self.labels)
+        self._first_flip = None  # alternate mode: each image's flip at even epochs, a function of the seed only
+        if self.hflip > 0 and hflip_mode == 'alternate':
+            coins = np.random.default_rng([int(seed) & 0xFFFF_FFFF_FFFF_FFFF, _ALTERNATE_FLIP_STREAM]).random(n)
+            self._first_flip = torch.from_numpy(coins < 0.5).to(self.device)
         self.num_samples = math.ceil(n / world_size) if is_training else len(range(rank, n, world_size))
         if self.drop_last and self.num_samples < batch_size:
             raise ValueError(f'{self.num_samples} images per rank do not fill one batch of {batch_size}; '
@@ -579,7 +600,13 @@ class DeviceImageLoader:
             order = torch.cat([order, order[:total - n]])
         return order[self.rank:total:self.world_size]
 
-    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def flips(self, idx: torch.Tensor) -> Optional[torch.Tensor]:
+        """Alternate mode: which of the images ``idx`` are flipped this epoch (None in random mode)."""
+        if self._first_flip is None:
+            return None
+        return self._first_flip[idx] ^ bool(self.epoch % 2)
+
+    def _augment(self, x: torch.Tensor, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, _, h, w = x.shape
         dev = x.device
         if self.crop_padding:
@@ -591,7 +618,9 @@ class DeviceImageLoader:
             cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, :]
             x = padded[torch.arange(b, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
         if self.hflip > 0:
-            flip = torch.rand(b, device=dev, generator=g) < self.hflip
+            flip = self.flips(idx)
+            if flip is None:
+                flip = torch.rand(b, device=dev, generator=g) < self.hflip
             x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x
 
@@ -616,7 +645,7 @@ class DeviceImageLoader:
             idx = indices[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.images[idx]
             if g is not None:
-                x = self._augment(x, g)
+                x = self._augment(x, idx, g)
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.cutout:
                 x = self._cutout(x, g)
@@ -698,6 +727,7 @@ class DataSpec:
     # augmentation; crop/flip/cutout apply to the on-device path, the rest to timm's loader
     crop_padding: int = 4
     hflip: float = 0.5
+    hflip_mode: str = 'random'
     cutout: int = 0
     no_aug: bool = False
     scale: Optional[Tuple[float, float]] = None
@@ -724,7 +754,8 @@ class DataSpec:
             val_split_size=get('val_split_size'), val_split_seed=get('val_split_seed', 42),
             train_subset=get('train_subset'), eval_subset=get('eval_subset'), seed=get('seed', 0) or 0,
             workers=get('workers', 2), pin_memory=bool(get('pin_mem', False)), crop_padding=get('crop_padding', 4),
-            hflip=get('hflip', 0.5), cutout=get('cutout', 0) or 0, no_aug=bool(get('no_aug', False)),
+            hflip=get('hflip', 0.5), hflip_mode=get('hflip_mode', 'random') or 'random',
+            cutout=get('cutout', 0) or 0, no_aug=bool(get('no_aug', False)),
             scale=get('scale'), ratio=get('ratio'), color_jitter=get('color_jitter', 0.) or 0.,
             auto_augment=get('aa'), reprob=get('reprob', 0.) or 0., class_map=get('class_map', '') or '',
         )
@@ -819,8 +850,12 @@ def create_train_loader(spec: DataSpec, data_config: dict, batch_size: int, devi
         return DeviceImageLoader(
             arrays, batch_size, data_config['mean'], data_config['std'], device, is_training=True,
             crop_padding=spec.crop_padding if aug else 0, hflip=spec.hflip if aug else 0.,
-            cutout=spec.cutout if aug else 0, seed=spec.seed, rank=rank, world_size=world_size,
-            channels_last=channels_last)
+            cutout=spec.cutout if aug else 0, seed=spec.seed, hflip_mode=spec.hflip_mode, rank=rank,
+            world_size=world_size, channels_last=channels_last)
+    if spec.hflip_mode != 'random' and spec.hflip > 0 and not spec.no_aug:
+        raise ValueError(f'--hflip-mode {spec.hflip_mode} needs the on-device loader '
+                         f'({", ".join(SMALL_IMAGE_DATASETS)}); timm\'s loader for '
+                         f'{spec.dataset or "an image folder"!r} flips at random only')
     ds, size, classes = _timm_dataset(spec, spec.train_split, True, input_size[0], spec.train_subset)
     return _timm_loader(spec, ds, size, classes, data_config, batch_size, True, device, world_size > 1, channels_last)
 

@@ -19,7 +19,8 @@ import torch
 from . import data as wt_data
 from . import training as wt_training
 
-__all__ = ['TrainingRun', 'TrainingStopped', 'SWITCHES', 'switch_value', 'build_train_parser', 'parse_train_args']
+__all__ = ['TrainingRun', 'TrainingStopped', 'SWITCHES', 'OPT_IMPLS', 'switch_value', 'build_train_parser',
+           'parse_train_args']
 
 _logger = logging.getLogger('train')
 
@@ -28,10 +29,19 @@ SWITCHES = ('amp', 'channels_last')
 _SWITCH_WORDS = {True: 'on', False: 'off', None: 'off', 'true': 'on', 'false': 'off', 'on': 'on', 'off': 'off',
                  'auto': 'auto'}
 
+# How the optimizer updates the weights (--opt-impl): torch's own choice ('default': the per-tensor for-loop on
+# CPU, foreach on CUDA), or one forced: the per-tensor 'for-loop', 'foreach' (multi-tensor ops, fewer kernel
+# launches) or 'fused' (one kernel per step; torch's SGD/Adam/AdamW have it on CPU and CUDA). Same maths; the
+# last bits can differ between them.
+OPT_IMPLS = ('default', 'for-loop', 'foreach', 'fused')
+_OPT_IMPL_KWARGS = {'default': {}, 'for-loop': dict(foreach=False), 'foreach': dict(foreach=True),
+                    'fused': dict(fused=True)}
+
 # Recipe keys whose change on --resume makes the result differ from an uninterrupted run.
 _RECIPE_KEYS = ('model', 'epochs', 'batch_size', 'lr', 'opt', 'weight_decay', 'sched', 'warmup_epochs', 'seed',
                 'dataset', 'val_split_size', 'val_split_seed', 'train_subset', 'smoothing', 'mixup', 'cutmix',
-                'model_kwargs', 'input_size', 'num_classes', 'model_ema', 'unrolled_warmup_epochs')
+                'model_kwargs', 'input_size', 'num_classes', 'model_ema', 'unrolled_warmup_epochs', 'hflip_mode',
+                'opt_impl')
 
 
 class TrainingStopped(RuntimeError):
@@ -107,6 +117,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     add('--no-aug', action='store_true', help='no augmentation')
     add('--crop-padding', type=int, default=4, help='random-crop padding in pixels (on-device loader)')
     add('--hflip', type=float, default=0.5, help='horizontal flip probability')
+    add('--hflip-mode', default='random', choices=list(wt_data.HFLIP_MODES),
+        help='random: a coin per image and epoch; alternate (on-device loader, --hflip 0.5): a coin per image at '
+        'epoch 0 from --seed, then flipped the other way every epoch, so any two epochs show each image both ways')
     add('--cutout', type=int, default=0, help='cutout square side in pixels, 0 = off (on-device loader)')
     add('--scale', type=float, nargs=2, default=None, help='random-resized-crop scale (timm loader)')
     add('--ratio', type=float, nargs=2, default=None, help='random-resized-crop ratio (timm loader)')
@@ -128,6 +141,9 @@ def build_train_parser() -> argparse.ArgumentParser:
     add('-b', '--batch-size', type=int, default=128, help='batch size per rank')
     add('-vb', '--validation-batch-size', type=int, default=None, help='evaluation batch size')
     add('--opt', default='sgd', help='optimizer (timm create_optimizer_v2 name)')
+    add('--opt-impl', default='default', choices=list(OPT_IMPLS),
+        help="optimizer implementation: torch's default (for-loop on CPU, foreach on CUDA), or for-loop, foreach or "
+        'fused (torch SGD/Adam/AdamW)')
     add('--opt-eps', type=float, default=None, help='optimizer epsilon')
     add('--opt-betas', type=float, nargs='+', default=None, help='optimizer betas')
     add('--momentum', type=float, default=0.9, help='SGD momentum')
@@ -276,12 +292,22 @@ class TrainingRun:
             return torch.bfloat16
         return torch.float16
 
-    def _create_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+    def _create_optimizer(self, model: torch.nn.Module, opt_impl: Optional[str] = None) -> torch.optim.Optimizer:
+        """timm's optimizer from the flags; ``opt_impl`` (default --opt-impl) picks torch's implementation."""
         from timm.optim import create_optimizer_v2
         args = self.args
+        opt_impl = opt_impl or getattr(args, 'opt_impl', None) or 'default'
+        if opt_impl not in OPT_IMPLS:
+            raise ValueError(f'--opt-impl expects one of {", ".join(OPT_IMPLS)}, got {opt_impl!r}')
         opt_kwargs = {k: v for k, v in dict(eps=args.opt_eps, betas=args.opt_betas).items() if v is not None}
-        return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                   momentum=args.momentum, **opt_kwargs)
+        try:
+            return create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                       momentum=args.momentum, **opt_kwargs, **_OPT_IMPL_KWARGS[opt_impl])
+        except (TypeError, RuntimeError) as e:
+            if opt_impl == 'default':
+                raise
+            raise ValueError(f'--opt-impl {opt_impl}: optimizer {args.opt!r} on {self.ctx.device.type} does not offer '
+                             f'it ({e}); use --opt-impl default') from e
 
     def _create_scheduler(self):
         from timm.scheduler import create_scheduler_v2
@@ -344,8 +370,11 @@ class TrainingRun:
         path = checkpoint.pop('path')
         restore = {} if args.no_resume_opt else dict(optimizer=self.optimizer, scheduler=self.scheduler,
                                                       scaler=self.scaler)
+        impl = [{k: g.get(k) for k in ('foreach', 'fused')} for g in self.optimizer.param_groups]
         self.start_epoch = wt_training.restore_training_state(checkpoint, model=self.model, model_ema=self.model_ema,
                                                               **restore)
+        for group, keys in zip(self.optimizer.param_groups, impl):  # the saved groups carry the old --opt-impl
+            group.update(keys)
         if not args.no_resume_opt:
             self.num_updates = int(checkpoint.get('num_updates', self.start_epoch * len(self.train_loader)))
             self.history = list(checkpoint.get('history') or [])
@@ -362,19 +391,20 @@ class TrainingRun:
     # Speed: timed steps on a throw-away copy, never on the run's own model or optimizer
 
     def seconds_per_step(self, amp: Optional[bool] = None, channels_last: Optional[bool] = None, steps: int = 3,
-                         warmup: int = 2, compile: bool = False) -> float:
+                         warmup: int = 2, compile: bool = False, opt_impl: Optional[str] = None) -> float:
         """Mean wall time of a training step (forward, loss, backward, optimizer) on a real batch.
 
         Runs on a deep copy with a fresh optimizer, so the run's state and random streams are untouched;
         a DEQ is timed solving (its dearer mode), not in its unrolled warm-up. ``compile`` times
-        ``torch.compile`` of the model (its compilation falls in the warm-up steps).
+        ``torch.compile`` of the model (its compilation falls in the warm-up steps); ``opt_impl`` another
+        --opt-impl than the run's.
         """
         args, device = self.args, self.ctx.device
         amp = self.args.amp == 'on' if amp is None else amp
         channels_last = self.args.channels_last == 'on' if channels_last is None else channels_last
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = copy.deepcopy(wt_training.unwrap(self.model)).to(memory_format=memory_format).train()
-        optimizer = self._create_optimizer(model)
+        optimizer = self._create_optimizer(model, opt_impl)
         forward = torch.compile(model) if compile else model
         x, y = next(iter(self.train_loader))
         x = x.contiguous(memory_format=memory_format)
@@ -402,6 +432,27 @@ class TrainingRun:
             return (time.perf_counter() - start) / steps
         finally:
             torch.random.set_rng_state(rng)
+
+    def seconds_per_optimizer_step(self, opt_impl: Optional[str] = None, steps: int = 20, warmup: int = 3) -> float:
+        """Mean wall time of the optimizer's update alone (gradients fixed), on a copy of the model.
+
+        A whole training step hides the optimizer's share in its noise; this isolates it, to compare
+        --opt-impl choices.
+        """
+        model = copy.deepcopy(wt_training.unwrap(self.model)).train()
+        optimizer = self._create_optimizer(model, opt_impl)
+        generator = torch.Generator(device=self.ctx.device).manual_seed(0)
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.empty_like(p).normal_(std=1e-3, generator=generator)
+        for _ in range(warmup):
+            optimizer.step()
+        _synchronize(self.ctx.device)
+        start = time.perf_counter()
+        for _ in range(steps):
+            optimizer.step()
+        _synchronize(self.ctx.device)
+        return (time.perf_counter() - start) / steps
 
     def seconds_per_epoch(self, **kwargs) -> float:
         """Training seconds per epoch on this machine, from :meth:`seconds_per_step` (evaluation excluded)."""

@@ -704,36 +704,69 @@ def evaluate(
         amp_dtype: Optional[torch.dtype] = None,
         progress: bool = False,
         desc: str = 'eval',
+        tta: str = 'none',
 ) -> Dict[str, float]:
-    """Cross-entropy loss, top-1 and top-5 (%) and images/s over ``loader``, summed exactly over ranks."""
+    """Cross-entropy loss, top-1 and top-5 (%) and images/s over ``loader``, summed exactly over ranks.
+
+    ``tta`` (see :mod:`wt_zoo.tta`) adds ``tta_loss``/``tta_top1``/``tta_top5`` from the views' mean
+    softmax beside the plain figures, which stay those of the plain pass, as do the DEQ solver statistics
+    and ``images_per_s`` (the extra views are timed apart, as ``tta_images_per_s``).
+    """
+    from .tta import check_tta_mode, tta_probabilities
+    check_tta_mode(tta)
     device = ctx.device
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    sums = torch.zeros(7, dtype=torch.float64, device=device)  # loss, top1, top5, count, tta loss, tta top1, top5
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     bar = _progress(loader, len(loader), desc, progress and ctx.is_primary)
-    start, timed = time.perf_counter(), 0
+    start, timed, tta_seconds = time.perf_counter(), 0, 0.
     solver = SolverTally()
-    for i, (x, y) in enumerate(bar):
+    zero = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def forward(batch):
         with autocast():
-            output = model(x)
-        solver.add(model)
+            return model(batch)
+
+    for i, (x, y) in enumerate(bar):
+        output = forward(x)
+        solver.add(model)  # the plain pass's solver statistics, before the TTA views overwrite them
         output = output.float()
         top1, top5 = _topk_correct(output, y, (1, 5))
-        sums += torch.stack([F.cross_entropy(output, y, reduction='sum').double(), top1.double(), top5.double(),
-                             torch.tensor(float(y.shape[0]), dtype=torch.float64, device=device)])
+        tta_sums = zero
+        if tta != 'none':
+            _synchronize(device)
+            tta_start = time.perf_counter()
+            probs = tta_probabilities(forward, x, output, tta)
+            tta_top1, tta_top5 = _topk_correct(probs, y, (1, 5))
+            tta_loss = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction='sum')
+            tta_sums = torch.stack([tta_loss.double(), tta_top1.double(), tta_top5.double()])
+            _synchronize(device)
+            if i > 0 or len(loader) == 1:
+                tta_seconds += time.perf_counter() - tta_start
+        sums += torch.cat([torch.stack([F.cross_entropy(output, y, reduction='sum').double(), top1.double(),
+                                        top5.double(), torch.tensor(float(y.shape[0]), dtype=torch.float64,
+                                                                    device=device)]), tta_sums])
         if i == 0 and len(loader) > 1:  # the first batch warms up (allocations, autotuning): not timed
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
+            _synchronize(device)
             start = time.perf_counter()
         else:
             timed += y.shape[0]
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
+    _synchronize(device)
     elapsed = time.perf_counter() - start
     ctx.all_reduce_sum(sums)
     count = float(sums[3])
     if count == 0:
         raise RuntimeError('evaluation loader yielded no images')
-    return dict(loss=float(sums[0]) / count, top1=100 * float(sums[1]) / count, top5=100 * float(sums[2]) / count,
-                samples=int(count), seconds=elapsed, images_per_s=timed * ctx.world_size / max(elapsed, 1e-9),
-                **solver.summary())
+    metrics = dict(loss=float(sums[0]) / count, top1=100 * float(sums[1]) / count, top5=100 * float(sums[2]) / count,
+                   samples=int(count), seconds=elapsed - tta_seconds,
+                   images_per_s=timed * ctx.world_size / max(elapsed - tta_seconds, 1e-9), **solver.summary())
+    if tta != 'none':
+        metrics.update(tta=tta, tta_loss=float(sums[4]) / count, tta_top1=100 * float(sums[5]) / count,
+                       tta_top5=100 * float(sums[6]) / count,
+                       tta_images_per_s=timed * ctx.world_size / max(elapsed, 1e-9))
+    return metrics
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)

@@ -9,6 +9,12 @@ gets, against the best of the first timings: the 'default within 10 % of the bes
 on-device data path alone (batches drawn, cropped, flipped and normalised without the model), and,
 for ``--compile`` recipes, ``torch.compile`` of the model on the chosen path.
 
+A second table (``batch_optimizer``) keeps the path ``auto`` picked at the largest ``--batch-sizes`` and
+times it at each ``--sweep-batch-sizes`` with each optimizer implementation (``--opt-impls``, train.py's
+``--opt-impl``: torch's default, for-loop, foreach, fused), side by side in the same run: the training step
+as above, and the optimizer's update alone (fixed gradients, 20 updates), whose share a whole step's noise
+would hide.
+
 Training FLOP/s counts fvcore's forward multiply-adds (results/profile.json) three times per image
 (forward, and backward's two products) and two flops a multiply-add, as a fraction of this machine's
 fp32 matmul throughput measured in the same run; DEQ models are left out of that column, since their
@@ -25,11 +31,13 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..trainer import OPT_IMPLS
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 from .efficiency import matmul_peak
 
 __all__ = ['add_arguments', 'run', 'readme_section']
 
+BATCH_OPTIMIZER_TABLE = 'batch_optimizer'
 DEFAULT_CONFIGS = [f'configs/{family}_resnet_{size}.c10.yaml' for size in ('tiny', 'small')
                    for family in ('wt', 'wtsm', 'deq')]
 
@@ -40,6 +48,13 @@ def add_arguments(parser) -> None:
     parser.add_argument('--compile', nargs='*', default=['configs/wt_resnet_tiny.c10.yaml'], metavar='CONFIG.yaml',
                         help='recipes also timed under torch.compile (on the chosen path, largest batch)')
     parser.add_argument('--data-batches', type=int, default=20, help='batches drawn to time the data path alone')
+    parser.add_argument('--sweep-batch-sizes', type=int, nargs='*', default=[128, 256, 512],
+                        help='batch sizes timed on the path auto picks (at the largest --batch-sizes), with each '
+                        '--opt-impls; none: no batch_optimizer table')
+    parser.add_argument('--opt-impls', nargs='+', default=['default', 'foreach', 'fused'], choices=list(OPT_IMPLS),
+                        help="optimizer implementations (train.py's --opt-impl) timed at each --sweep-batch-sizes")
+    parser.add_argument('--sweep-rounds', type=int, default=2,
+                        help='rounds over the implementations at each sweep batch size; each keeps its fastest')
     parser.add_argument('--matmul-size', type=int, default=2048, help='n of the fp32 n x n matmul peak')
     parser.add_argument('--out', default=str(REPO_ROOT / 'results' / 'train_speed'), help='results folder')
     parser.add_argument('--train-args', default='', metavar='"FLAGS"',
@@ -92,6 +107,58 @@ def measure(config: str, batch_size: int, train_args: List[str], with_compile: b
         gc.collect()
 
 
+def measure_batch_and_optimizer(config: str, amp: bool, channels_last: bool, batch_sizes: List[int],
+                                opt_impls: List[str], train_args: List[str], rounds: int = 2) -> List[Dict[str, Any]]:
+    """One path, fixed: training images/s and the optimizer's update alone per batch size and implementation.
+
+    The implementations are timed in turn, ``rounds`` times, and each keeps its fastest round, so a slow
+    first step or a burst of load elsewhere does not land on whichever implementation happens to go first.
+    """
+    from ..trainer import TrainingRun, parse_train_args
+    from ..training import describe_hardware
+    rows = []
+    for batch_size in batch_sizes:
+        args = parse_train_args(['--config', config, '-b', str(batch_size), '--amp', 'on' if amp else 'off',
+                                 '--channels-last', 'on' if channels_last else 'off', '--no-progress', *train_args])
+        base = dict(model=args.model.split('.')[0], batch_size=batch_size, path=_path_name(amp, channels_last))
+        try:
+            run = TrainingRun(args)
+        except ValueError as e:  # e.g. a batch larger than the training split
+            rows += [dict(base, optimizer=impl, note=str(e)) for impl in opt_impls]
+            continue
+        try:
+            base['hardware'] = describe_hardware(run.ctx.device)
+            step: Dict[str, float] = {}
+            update: Dict[str, float] = {}
+            notes: Dict[str, str] = {}
+            for _ in range(rounds):
+                for impl in opt_impls:
+                    if impl in notes:
+                        continue
+                    try:
+                        seconds = run.seconds_per_step(opt_impl=impl)
+                        update_seconds = run.seconds_per_optimizer_step(opt_impl=impl)
+                    except ValueError as e:  # e.g. fused where the optimizer or device has no fused kernel
+                        notes[impl] = str(e)
+                        continue
+                    step[impl] = min(step.get(impl, seconds), seconds)
+                    update[impl] = min(update.get(impl, update_seconds), update_seconds)
+            for impl in opt_impls:
+                if impl in notes:
+                    rows.append(dict(base, optimizer=impl, note=notes[impl]))
+                else:
+                    rows.append(dict(base, optimizer=impl, images_per_s=round(batch_size / step[impl], 2),
+                                     optimizer_step_ms=round(1000 * update[impl], 4)))
+        finally:
+            del run
+            gc.collect()
+    best = max((r['images_per_s'] for r in rows if 'images_per_s' in r), default=None)
+    for row in rows:
+        if best and 'images_per_s' in row:
+            row['of_best'] = round(row['images_per_s'] / best, 3)
+    return rows
+
+
 def _path_name(amp: bool, channels_last: bool) -> str:
     return ('bf16 autocast' if amp else 'fp32') + (' + channels_last' if channels_last else '')
 
@@ -105,8 +172,10 @@ def run(args, argv) -> int:
     peak = matmul_peak(args.matmul_size, device, torch.get_num_threads(), min_run_time=1.0)
     gmacs = _profile_gmacs()
     rows: List[Dict[str, Any]] = []
+    sweep_rows: List[Dict[str, Any]] = []
     for config in args.configs or DEFAULT_CONFIGS:
         config = str(config)
+        chosen = None
         for batch_size in args.batch_sizes:
             with_compile = config in args.compile and batch_size == max(args.batch_sizes)
             log(f'{Path(config).name}, batch {batch_size}' + (' (+ torch.compile)' if with_compile else '') + ' ...')
@@ -116,8 +185,18 @@ def run(args, argv) -> int:
                     flops = row['images_per_s'] * 3 * macs * 2
                     row.update(train_gflops_per_s=round(flops, 1),
                                of_fp32_matmul_peak=round(flops / peak['gflops_2n3_per_s'], 3))
+                if row.get('chosen') and batch_size == max(args.batch_sizes):
+                    chosen = row
                 rows.append(row)
             folder.write_table('speed', rows)
+        if args.sweep_batch_sizes and chosen is not None:
+            paths = {_path_name(a, c): (a, c) for a in (False, True) for c in (False, True)}
+            amp, channels_last = paths[chosen['path']]
+            log(f'{Path(config).name}, {chosen["path"]}: batch {", ".join(map(str, args.sweep_batch_sizes))} x '
+                f'optimizer {", ".join(args.opt_impls)} ...')
+            sweep_rows += measure_batch_and_optimizer(config, amp, channels_last, args.sweep_batch_sizes,
+                                                      args.opt_impls, train_args, args.sweep_rounds)
+            folder.write_table(BATCH_OPTIMIZER_TABLE, sweep_rows)
     columns = [Column('model', 'model'), Column('batch_size', 'batch'), Column('path', 'path'),
                Column('images_per_s', 'train img/s', '{:.0f}'), Column('chosen', 'auto picks', lambda v: 'yes' if v else ''),
                Column('of_best', 'of best', '{:.0%}'), Column('train_gflops_per_s', 'train GFLOP/s', '{:.0f}'),
@@ -133,8 +212,28 @@ def run(args, argv) -> int:
         'optimizer), so it carries a few per cent of noise. ' + verdict + ' A fraction of the fp32 matmul figure above '
         '100 % means the convolutions outran that torch.mm reference (oneDNN\'s convolution kernels against the '
         'BLAS matmul): the reference is not a ceiling, so read that column as relative between rows.',
-        markdown_table(rows, columns)])
+        markdown_table(rows, columns), *_batch_optimizer_sections(sweep_rows)])
     return 0
+
+
+_OPT_IMPL_WORDS = {'default': "torch's default (for-loop on CPU, foreach on CUDA)", 'for-loop': 'the per-tensor for-loop',
+                   'foreach': 'foreach (multi-tensor)', 'fused': 'fused (one kernel)'}
+
+
+def _batch_optimizer_sections(rows: List[Dict[str, Any]]) -> List[str]:
+    if not rows:
+        return []
+    columns = [Column('model', 'model'), Column('path', 'path'), Column('batch_size', 'batch'),
+               Column('optimizer', 'optimizer'), Column('images_per_s', 'train img/s', '{:.0f}'),
+               Column('of_best', 'of best (model)', '{:.0%}'), Column('optimizer_step_ms', 'optimizer update (ms)',
+                                                                      '{:.3f}'), Column('note', 'note')]
+    impls = ', '.join(_OPT_IMPL_WORDS.get(i, i) for i in dict.fromkeys(r['optimizer'] for r in rows))
+    return ['## Batch size and optimizer implementation, on the path auto picks',
+            f'Optimizer implementations: {impls} (train.py --opt-impl). Each timing as above; the implementations '
+            'take turns, and each figure is the fastest of their rounds (--sweep-rounds). "of best" is against the '
+            'fastest row of the same model; the optimizer update is the mean of 20 updates of the recipe\'s '
+            'optimizer with fixed gradients, after 3 warm-up updates, on a copy of the model.',
+            markdown_table(rows, columns)]
 
 
 def readme_section(folder: Path = REPO_ROOT / 'results' / 'train_speed') -> str:
@@ -160,6 +259,28 @@ def readme_section(folder: Path = REPO_ROOT / 'results' / 'train_speed') -> str:
                *[Column(p, p, '{:.0f}') for p in paths], Column('picks', 'auto picks'),
                Column('again', 'auto, timed again (of best)'), Column('compiled', '+ torch.compile (of best)'),
                Column('data', 'data path alone', '{:.0f}')]
-    return (f'Training images/s on {rows[0]["hardware"]} ([results/train_speed](results/train_speed/README.md), '
+    text = (f'Training images/s on {rows[0]["hardware"]} ([results/train_speed](results/train_speed/README.md), '
             'made by `python -m wt_zoo.bench train-speed`; "of best" is the chosen path timed a second time against '
             'the best first timing):\n\n' + markdown_table(table, columns))
+    sweep = Path(folder) / f'{BATCH_OPTIMIZER_TABLE}.json'
+    if sweep.is_file():
+        text += '\n\n' + _batch_optimizer_readme_table(json.loads(sweep.read_text()))
+    return text
+
+
+def _batch_optimizer_readme_table(rows: List[Dict[str, Any]]) -> str:
+    """One row per model and batch size: training img/s and the optimizer update's ms per implementation."""
+    impls = list(dict.fromkeys(r['optimizer'] for r in rows))
+    table = []
+    for key in dict.fromkeys((r['model'], r['path'], r['batch_size']) for r in rows):
+        out = dict(model=key[0], path=key[1], batch=key[2])
+        for r in rows:
+            if (r['model'], r['path'], r['batch_size']) == key:
+                out[f'{r["optimizer"]}_img_s'] = r.get('images_per_s')
+                out[f'{r["optimizer"]}_ms'] = r.get('optimizer_step_ms')
+        table.append(out)
+    columns = [Column('model', 'model'), Column('path', 'path (auto\'s pick)'), Column('batch', 'batch'),
+               *[Column(f'{i}_img_s', f'{i}: train img/s', '{:.0f}') for i in impls],
+               *[Column(f'{i}_ms', f'{i}: optimizer update (ms)', '{:.3f}') for i in impls]]
+    return ('Batch size and optimizer implementation (`--opt-impl`; default is torch\'s choice, the for-loop on CPU) '
+            'on the path auto picks, timed side by side in the same run:\n\n' + markdown_table(table, columns))
