@@ -7,7 +7,9 @@
 Each table sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``: ``results/profile.md``
 (made by ``python -m wt_zoo.profile``) and ``checkpoints`` (``python -m wt_zoo.hub table``, read
 from the hub_configs folders' results files), ``time_to_accuracy`` and ``train_speed`` (read from
-results/time_to_accuracy and results/train_speed, written by ``python -m wt_zoo.bench``).
+results/time_to_accuracy and results/train_speed, written by ``python -m wt_zoo.bench``), ``claims``
+(the claims table, ``python -m wt_zoo.bench claims``, computed from the results files), ``transfer``
+(results/transfer, ``python -m wt_zoo.bench transfer``: the .c10 checkpoints fine-tuned on Fashion-MNIST).
 """
 import argparse
 import re
@@ -19,12 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sections():
     from wt_zoo.bench import time_to_accuracy, train_speed
+    from wt_zoo.bench import claims
+    from wt_zoo.bench import transfer
     from wt_zoo.hub import results_table
     return {
         'results/profile.md': (REPO / 'results' / 'profile.md').read_text().strip(),
         'checkpoints': results_table(),
         'time_to_accuracy': time_to_accuracy.readme_section(),
         'train_speed': train_speed.readme_section(),
+        'claims': claims.readme_section(),
+        'transfer': transfer.readme_section(),
     }
 
 

@@ -53,7 +53,7 @@ def positive(value) -> bool:
 
 
 def test_model_specs_parse_overrides_and_name_their_dense_twin():
-    specs = parse_model_specs(['wt*_tiny:depth=8,width=16', 'deq_resnet_tiny:width=16,f_max_iter=3'])
+    specs = parse_model_specs(['wt*_resnet_tiny:depth=8,width=16', 'deq_resnet_tiny:width=16,f_max_iter=3'])
     assert [s.label for s in specs] == ['wt_resnet_tiny:depth=8,width=16', 'wtsm_resnet_tiny:depth=8,width=16',
                                         'deq_resnet_tiny:width=16,f_max_iter=3']
     assert specs[1].twin() == specs[0] and specs[0].twin() == specs[0]
@@ -61,6 +61,12 @@ def test_model_specs_parse_overrides_and_name_their_dense_twin():
     assert specs[0].depth() == 8 and specs[2].depth() is None
     with pytest.raises(ValueError, match='key=value'):
         parse_model_specs(['wt_resnet_tiny:depth'])
+    # the multi-resolution family: its DEQ is plain mdeq_<size>, its twin the weight-tied MDEQ
+    mdeq = parse_model_specs(['*mdeq_tiny'])
+    assert [s.name for s in mdeq] == ['mdeq_tiny', 'wt_mdeq_tiny', 'wtsm_mdeq_tiny']
+    assert [s.family for s in mdeq] == ['deq', 'wt', 'wtsm']
+    assert all(s.twin() == ModelSpec('wt_mdeq_tiny') for s in mdeq)
+    assert mdeq[0].depth() is None and mdeq[2].depth() == 4
 
 
 def test_efficiency_tables_ratios_and_bars(fake_cifar10, data_cache, tmp_path):
@@ -261,7 +267,7 @@ def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_
     from wt_zoo.bench.train_speed import readme_section
     out = tmp_path / 'speed'
     argv = ['train-speed', str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml'), '--batch-sizes', '16',
-            '--compile', '--matmul-size', '128', '--data-batches', '2', '--out', str(out),
+            '--compile', '--matmul-size', '128', '--data-batches', '2', '--sweep-batch-sizes', '--out', str(out),
             f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 --val-split-size 64']
     assert bench_main(argv) == 0
     rows = check_tables(out, 'speed')['speed']
@@ -276,3 +282,134 @@ def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_
     assert all(positive(r['of_fp32_matmul_peak']) for r in rows[:5])  # WT: FLOPs from results/profile.json
     section = readme_section(out)
     assert '| wt_resnet_tiny | 16 |' in section and chosen[0]['path'] in section
+
+
+def test_train_speed_times_batch_sizes_and_optimizer_implementations_on_the_chosen_path(fake_cifar10, data_cache,
+                                                                                        tmp_path):
+    from conftest import REPO_ROOT
+    from wt_zoo.bench.train_speed import readme_section
+    out = tmp_path / 'speed'
+    argv = ['train-speed', str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml'), '--batch-sizes', '8', '16',
+            '--compile', '--matmul-size', '64', '--data-batches', '1', '--sweep-batch-sizes', '8', '32', '512',
+            '--opt-impls', 'default', 'foreach', 'fused', '--sweep-rounds', '1', '--out', str(out),
+            f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 --val-split-size 64 '
+            '--model-kwargs width=16 depth=2']
+    assert bench_main(argv) == 0
+    tables = check_tables(out, 'speed', 'batch_optimizer')
+    chosen = [r for r in tables['speed'] if r.get('chosen') and r['batch_size'] == 16]
+    assert len(chosen) == 1
+    rows, too_big = tables['batch_optimizer'][:6], tables['batch_optimizer'][6:]
+    # every batch size x implementation, on the path auto picked at the largest --batch-sizes
+    assert [(r['batch_size'], r['optimizer']) for r in rows] == [
+        (b, impl) for b in (8, 32) for impl in ('default', 'foreach', 'fused')]
+    # 256 training images hold no batch of 512: said per row, not a crash
+    assert len(too_big) == 3 and all('do not fill one batch of 512' in r['note'] and r.get('images_per_s') is None
+                                     for r in too_big)
+    assert all(r['model'] == 'wt_resnet_tiny' and r['path'] == chosen[0]['path'] for r in rows)
+    assert all(positive(r['images_per_s']) and positive(r['optimizer_step_ms']) and 0 < r['of_best'] <= 1
+               for r in rows)
+    assert max(r['of_best'] for r in rows) == 1
+    readme = (out / 'README.md').read_text()
+    assert '## Batch size and optimizer implementation' in readme and '| wt_resnet_tiny |' in readme
+    section = readme_section(out)
+    assert 'fused: train img/s' in section and 'foreach: optimizer update (ms)' in section
+    assert f'| wt_resnet_tiny | {chosen[0]["path"]} | 32 |' in section
+
+
+def test_transfer_readme_section_says_what_to_run_before_any_result(tmp_path):
+    from wt_zoo.bench.transfer import readme_section, source_checkpoint
+    assert readme_section(tmp_path / 'missing').startswith('Not measured yet: run `python -m wt_zoo.bench transfer')
+    with pytest.raises(SystemExit, match='nope_resnet_tiny.c10 is not a published checkpoint'):
+        source_checkpoint('nope_resnet_tiny.c10')
+
+
+@pytest.mark.slow
+def test_transfer_fine_tunes_from_the_checkpoint_against_scratch_and_resumes(fashion_mnist_dir, data_cache, tmp_path,
+                                                                              monkeypatch):
+    """Both inits train the same epochs on the same images; the fine-tuned run starts from the published weights
+    (stem summed to 1 channel) with the scratch run's fresh head; rows, pairs and README are written; a rerun
+    retrains nothing."""
+    import timm
+    import yaml
+    from safetensors.torch import load_file
+    from wt_zoo import hub
+    from wt_zoo.bench.transfer import readme_section
+    from wt_zoo.cards import sha256_file
+    from wt_zoo.hub_ids import HUB_CONFIGS_ENV
+    from wt_zoo.trainer import TrainingRun
+    from wt_zoo.training import export_weights
+
+    # a published checkpoint made here: random weights (not any seed's init), a narrow tiny model
+    name, model_kwargs = 'wt_resnet_tiny.c10', {'width': 16, 'depth': 2}
+    folder = tmp_path / 'hub_configs' / name
+    folder.mkdir(parents=True)
+    source = timm.create_model(name, **model_kwargs)
+    gen = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    weights = export_weights(source, folder)
+    (folder / 'train_args.yaml').write_text(yaml.safe_dump({'model': name, 'model_kwargs': model_kwargs}))
+    hub.write_manifest(folder)
+    monkeypatch.setenv(HUB_CONFIGS_ENV, str(folder.parent))
+    checkpoint = load_file(str(weights))
+
+    started = {}  # each run's weights at step 0
+    real_run = TrainingRun.run
+
+    def recording_run(self, *a, **kw):
+        started.setdefault(self.args.experiment, []).append(
+            {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return real_run(self, *a, **kw)
+
+    monkeypatch.setattr(TrainingRun, 'run', recording_run)
+    out, runs = tmp_path / 'results', tmp_path / 'runs'
+    train_args = (f'--train-args=--data-dir {fashion_mnist_dir} --data-cache {data_cache} --input-size 1 16 16 -b 32 '
+                  '--eval-subset 32 --amp off --channels-last off')
+    argv = ['transfer', '--models', name, '--epochs', '2', '--train-subset', '64', '--test-subset', '64',
+            '--runs', str(runs), '--out', str(out), train_args]
+    assert bench_main(argv) == 0
+
+    tables = check_tables(out, 'runs', 'pairs')
+    readme = check_provenance(out, 'transfer')
+    rows = {r['init']: r for r in tables['runs']}
+    assert sorted(rows) == ['pretrained', 'scratch']
+    for row in rows.values():
+        assert (row['epochs'], row['train_images'], row['images_seen'], row['test_images']) == (2, 64, 128, 64)
+        assert row['source_sha256'] == sha256_file(weights) and json.loads(row['model_kwargs']) == model_kwargs
+        assert 0 <= row['test_top1'] <= 100 and 0 <= row['heldout_top1'] <= 100 and positive(row['train_minutes'])
+        assert row['hardware'] and row['git_commit'] and row['command'].startswith('python -m wt_zoo.bench transfer ')
+        assert row['train_command'].startswith('python train.py --config ')
+    assert rows['pretrained']['weights_loaded'] and not rows['scratch']['weights_loaded']
+    assert '--pretrained-path' in rows['pretrained']['train_command']
+    assert rows['scratch']['train_command'] == rows['pretrained']['train_command'].replace(
+        f' --pretrained-path {weights}', '').replace('--experiment pretrained', '--experiment scratch')
+    pair, = tables['pairs']
+    assert pair['test_top1_gain'] == pytest.approx(rows['pretrained']['test_top1'] - rows['scratch']['test_top1'])
+    assert f'| `{name}` | 64 | 2 |' in readme and f'| `{name}` | 64 | 2 |' in readme_section(out)
+
+    # step 0: the fine-tuned run holds the checkpoint below the head, its stem summed to one channel,
+    # and the head the scratch run starts with; the scratch run holds none of the checkpoint
+    (pre,), (scratch,) = started['pretrained'], started['scratch']
+    assert pre['stem.conv.weight'].shape[1] == 1
+    torch.testing.assert_close(pre['stem.conv.weight'], checkpoint['stem.conv.weight'].sum(dim=1, keepdim=True))
+    body = [k for k in checkpoint if not k.startswith(('head.', 'stem.conv.weight'))]
+    assert body and all(torch.equal(pre[k], checkpoint[k]) for k in body)
+    for k in ('head.fc.weight', 'head.fc.bias'):
+        assert torch.equal(pre[k], scratch[k]) and not torch.equal(pre[k], checkpoint[k])
+    conv = 'stages.0.implicit.block.conv1.weight'
+    assert not torch.equal(scratch[conv], checkpoint[conv])
+
+    # a rerun retrains nothing; a run whose result was lost resumes at its end and gives the same figures
+    budget = runs / f'{name}-2ep-n64'
+    stamps = {init: (budget / init / 'last.pth.tar').stat().st_mtime_ns for init in rows}
+    assert bench_main(argv) == 0
+    assert sum(len(v) for v in started.values()) == 2
+    (budget / 'scratch' / 'transfer_result.json').unlink()
+    assert bench_main(argv) == 0
+    assert len(started['scratch']) == 2
+    assert {init: (budget / init / 'last.pth.tar').stat().st_mtime_ns for init in rows} == stamps
+    again = {r['init']: r for r in json.loads((out / 'runs.json').read_text())}
+    assert len(again) == 2 and again['scratch']['test_top1'] == rows['scratch']['test_top1']
+    with pytest.raises(SystemExit, match='holds runs made with other settings'):
+        bench_main([*argv[:-1], train_args + ' --smoothing 0'])

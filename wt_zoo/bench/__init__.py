@@ -11,6 +11,9 @@ Subcommands, one module each:
 - ``budget``      the epochs twins can share within a device-time budget, from timed training steps.
 - ``time-to-accuracy``  held-out top-1 against training minutes for twins under one recipe and budget.
 - ``train-speed`` training images/s per numeric path (bf16, channels_last, compile), and what ``auto`` picks.
+- ``transfer``    the .c10 checkpoints fine-tuned on Fashion-MNIST against scratch, same recipe and budget.
+- ``claims``      the paper's findings against the committed results files, one row each with a verdict
+  (reads results only; trains and times nothing).
 
 Each writes a results folder (CSV + JSON per table, README.md with tables and plots, run.json with the
 exact command, machine, date and git commit); see :mod:`wt_zoo.bench.common`.
@@ -21,17 +24,19 @@ from typing import Optional, Sequence
 
 __all__ = ['main', 'build_parser']
 
-SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'budget', 'time-to-accuracy', 'train-speed')
+SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'budget', 'time-to-accuracy', 'train-speed',
+               'transfer', 'claims')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import budget, efficiency, guidelines, stability, sweep, time_to_accuracy, train_speed
+    from . import budget, claims, efficiency, guidelines, stability, sweep, time_to_accuracy, train_speed, transfer
     parser = argparse.ArgumentParser(prog='python -m wt_zoo.bench', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='{' + ','.join(SUBCOMMANDS) + '}')
     for name, module in (('efficiency', efficiency), ('stability', stability), ('sweep', sweep),
                          ('guidelines', guidelines), ('budget', budget), ('time-to-accuracy', time_to_accuracy),
-                         ('train-speed', train_speed)):
+                         ('train-speed', train_speed), ('transfer', transfer),
+                         ('claims', claims)):
         doc = module.__doc__.strip()
         sub = subparsers.add_parser(name, help=doc.split('\n')[0].split(': ', 1)[-1], description=doc,
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
