@@ -157,6 +157,16 @@ def test_export_writes_save_for_hf_folder_with_manifest(published):
     assert kept.read_text() == (published['runs']['wt_resnet_tiny.c10'] / 'args.yaml').read_text()
 
 
+def test_export_leaves_training_only_model_args_out_of_the_published_config(tmp_path):
+    """Jacobian regularisation is a loss term: loading by name and by config.json must build the same DEQ."""
+    run = make_run(tmp_path / 'runs', 'deq_resnet_tiny.c10', jac_reg_weight=0.5)
+    assert hub.main(['export', str(run), str(run / 'results.json'), '--hub-configs', str(tmp_path / 'hub')]) == 0
+    folder = tmp_path / 'hub' / 'deq_resnet_tiny.c10'
+    assert 'jac_reg_weight' not in json.loads((folder / 'config.json').read_text())['model_args']
+    assert yaml.safe_load((folder / 'train_args.yaml').read_text())['model_kwargs']['jac_reg_weight'] == 0.5
+    assert hub.verify_folder(folder, check_registration=False) == []
+
+
 def test_card_figures_come_from_the_results_files(published):
     for name in TAGS:
         folder = published['hub_configs'] / name

@@ -67,18 +67,35 @@ TAG_DATASETS: Dict[str, DatasetInfo] = {
     'fmnist': DatasetInfo('fashion_mnist', 'Fashion-MNIST', 'zalando-datasets/fashion_mnist', FASHION_MNIST_CLASSES),
 }
 
+# Keyed by the model name without size and tag (the architecture timm registers, less its size).
 FAMILIES = {
-    'wt': ('weight-tied implicit ResNet',
+    'wt_resnet': ('weight-tied implicit ResNet',
            'Each stage holds one residual block, applied `depth` times with the stage input injected at every '
            'iteration (weights shared across iterations), trained by plain backpropagation.'),
-    'wtsm': ('weight-tied implicit ResNet with sparse masks',
+    'wtsm_resnet': ('weight-tied implicit ResNet with sparse masks',
              'Each stage holds one residual block applied `depth` times; iteration k convolves with the shared '
              'weights times its own fixed sparse mask (drawn once from a seed, stored in the weights file), so '
              'capacity grows with the number of distinct masks at the same parameter count.'),
-    'deq': ('deep equilibrium (DEQ) ResNet',
+    'deq_resnet': ('deep equilibrium (DEQ) ResNet',
             'The same block as the weight-tied family, solved for its fixed point z* = f(z*, x) with torchdeq '
             'instead of being unrolled a fixed number of times.'),
+    'wt_mdeq': ('weight-tied multi-resolution implicit model (MDEQ-style)',
+                'One block holds a residual branch per resolution, each with its own injected input, and fuses '
+                'the branches after every application; it is applied `depth` times with weights shared across '
+                'iterations, trained by plain backpropagation.'),
+    'wtsm_mdeq': ('weight-tied multi-resolution implicit model (MDEQ-style) with sparse masks',
+                  'The multi-resolution block applied `depth` times; iteration k convolves with the shared weights '
+                  'times its own fixed sparse mask (drawn once from a seed, stored in the weights file).'),
+    'mdeq': ('multiscale deep equilibrium model (MDEQ)',
+             'The same multi-resolution block as the weight-tied family, solved for its fixed point '
+             'z* = f(z*, x) with torchdeq instead of being unrolled a fixed number of times.'),
 }
+
+
+def _name_prefix(name: str) -> str:
+    """``wt_resnet`` for ``wt_resnet_tiny.c10``: the key of :data:`FAMILIES`."""
+    return name.split('.', 1)[0].rsplit('_', 1)[0]
+
 
 # Names the results files use for each figure, first match wins (validate.py / train.py first).
 _RESULT_KEYS = {
@@ -94,7 +111,8 @@ _REQUIRED_RESULTS = ('top1', 'top5', 'images_per_s', 'params', 'gflops', 'datase
 _RECIPE_KEYS = (
     'model', 'model_kwargs', 'dataset', 'val_split_size', 'epochs', 'batch_size', 'opt', 'lr', 'momentum',
     'weight_decay', 'sched', 'warmup_epochs', 'warmup_lr', 'min_lr', 'smoothing', 'mixup', 'cutmix', 'crop_padding',
-    'hflip', 'cutout', 'drop', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'grad_checkpointing', 'seed',
+    'hflip', 'hflip_mode', 'cutout', 'drop', 'clip_grad', 'model_ema', 'model_ema_decay', 'unrolled_warmup_epochs',
+    'opt_impl', 'amp', 'amp_dtype', 'channels_last', 'grad_checkpointing', 'seed',
 )
 
 
@@ -288,13 +306,12 @@ def _fmt(value: Any) -> str:
 
 
 def _front_matter(name: str, config: Dict[str, Any], data: DatasetInfo, val: Dict[str, Any]) -> str:
-    family = name.split('_', 1)[0]
     split = val['split']
     meta = {
         'library_name': 'timm',
         'license': config['pretrained_cfg'].get('license', 'apache-2.0'),
         'pipeline_tag': 'image-classification',
-        'tags': ['image-classification', 'timm', 'wt-zoo', 'implicit-model', f'{family}_resnet'],
+        'tags': ['image-classification', 'timm', 'wt-zoo', 'implicit-model', _name_prefix(name)],
         'datasets': [data.hub_dataset],
         'metrics': ['accuracy'],
         'model-index': [{
@@ -314,15 +331,24 @@ def _front_matter(name: str, config: Dict[str, Any], data: DatasetInfo, val: Dic
 
 
 def _iteration_text(model) -> str:
-    """How each stage iterates, read off the model config.json builds (so the card states the solver)."""
+    """How each implicit layer iterates, read off the model config.json builds (so the card states the solver)."""
     if getattr(model, 'deq_args', None):
         return 'solved to a fixed point with torchdeq, ' + ', '.join(f'{k}={v}' for k, v in model.deq_args.items())
-    text = f'{model.depth} unrolled iterations per stage, weights shared across iterations'
+    per_stage = hasattr(model, 'stages')  # a ResNet; a multi-resolution model has one implicit layer
+    text = (f'{model.depth} unrolled iterations {"per stage" if per_stage else "of the block"}, '
+            'weights shared across iterations')
     masks = getattr(model.implicit_layers()[0], 'masks', None)
     if masks is not None:
         text += (f'; {masks.mask_kind} masks at density {masks.mask_density:g}, {masks.num_masks} distinct '
-                 f'mask(s) per stage ({masks.mask_mode})')
+                 f'mask(s){" per stage" if per_stage else ""} ({masks.mask_mode})')
     return text
+
+
+def _layout_text(model) -> str:
+    """The maps the model computes: per stage (ResNets, after the stem) or per branch (multi-resolution)."""
+    maps = ', '.join(f'{info["num_chs"]} channels at 1/{info["reduction"]} resolution'
+                     for info in model.feature_info if info['module'] != 'stem')
+    return ('- Stages: ' if hasattr(model, 'stages') else '- Branches: ') + maps + '.'
 
 
 def build_from_config(config: Dict[str, Any]):
@@ -349,8 +375,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     ci_slice = folder_slice(folder)
     train = training_figures(args, summary)
     pcfg = config['pretrained_cfg']
-    family = name.split('_', 1)[0]
-    family_title, family_text = FAMILIES[family]
+    family_title, family_text = FAMILIES[_name_prefix(name)]
     repo = hub_repo_id(name)
 
     lines = [_front_matter(name, config, data, val)]
@@ -387,8 +412,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         '## Model details', '',
         f'- timm name: `{name}` (architecture `{arch}`, pretrained tag `{tag}`); Hub repository `{repo}`.',
         f'- Model arguments (config.json): {_fmt(config.get("model_args", {}))}.',
-        '- Stages: ' + ', '.join(f'{info["num_chs"]} channels at 1/{info["reduction"]} resolution'
-                                 for info in model.feature_info[1:]) + '.',
+        _layout_text(model),
         f'- Iteration: {_iteration_text(model)}.',
         f'- Input: {"x".join(str(s) for s in pcfg["input_size"])}, mean {_fmt(list(pcfg["mean"]))}, '
         f'std {_fmt(list(pcfg["std"]))}, {pcfg.get("interpolation", "bilinear")} interpolation, '

@@ -49,7 +49,7 @@ from huggingface_hub.utils.sha import git_hash
 from .cards import (CARD, SLICE_RESULTS, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, VALIDATION_RESULTS,
                     HubFolderError, build_from_config, folder_slice, folder_validation, read_args, read_result_rows,
                     read_summary, render_card, select_result_row, sha256_file, training_figures, validation_figures)
-from . import FAMILIES
+from . import ARCHITECTURES, FAMILIES, zoo_family
 from .hub_ids import (HUB_CONFIGS_ENV, HUB_ORG, REPO_HUB_CONFIGS, hub_configs_dirs, hub_repo_id,
                       published_folders)
 
@@ -464,14 +464,23 @@ def verify_all(names: Iterable[str] = (), hub_configs: Optional[Path] = None,
 # export
 
 
+# Model arguments that shape only training (a loss term), not the function the weights compute. They stay in
+# train_args.yaml and leave the published config, so that loading by name and by config.json build one model.
+TRAINING_ONLY_MODEL_ARGS = ('jac_reg_weight',)
+
+
 def _run_model_args(run_config: Dict[str, Any], args: Dict[str, Any]) -> Dict[str, Any]:
-    """How the run built its model: train.py's config.json beside the weights, else its flags."""
+    """How the run built its model (train.py's config.json beside the weights, else its flags), less the
+    training-only arguments."""
     if run_config:
-        return dict(run_config.get('model_args') or {})
-    model_args = dict(args.get('model_kwargs') or {})
-    for key in ('num_classes', 'in_chans'):
-        if args.get(key) is not None:
-            model_args[key] = args[key]
+        model_args = dict(run_config.get('model_args') or {})
+    else:
+        model_args = dict(args.get('model_kwargs') or {})
+        for key in ('num_classes', 'in_chans'):
+            if args.get(key) is not None:
+                model_args[key] = args[key]
+    for key in TRAINING_ONLY_MODEL_ARGS:
+        model_args.pop(key, None)
     return model_args
 
 
@@ -720,9 +729,13 @@ def results_rows(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
                          deq_iterations=val.get('deq_iterations'), trained_on=train['hardware'],
                          amp_dtype=train['amp_dtype'],
                          epochs=train['epochs_run'], wall_seconds=train['wall_seconds']))
-    def twins_side_by_side(row):  # per dataset tag and size: wt, then wtsm, then deq
-        family, size = row['model'].split('_', 1)
-        return row['tag'], size, FAMILIES.index(family) if family in FAMILIES else len(FAMILIES), row['model']
+    def rank(value, order):
+        return order.index(value) if value in order else len(order)
+
+    def twins_side_by_side(row):  # per dataset tag, architecture and size: wt, then wtsm, then deq
+        family, architecture = zoo_family(row['model']) or ('', '')
+        size = row['model'].rsplit('_', 1)[-1]
+        return row['tag'], rank(architecture, ARCHITECTURES), size, rank(family, FAMILIES), row['model']
 
     return sorted(rows, key=twins_side_by_side)
 
