@@ -250,6 +250,21 @@ def test_features_only_gives_one_map_per_branch(prefix):
         assert [tuple(f.shape[1:]) for f in coarse(torch.randn(1, 3, 17, 33))] == [(80, 9, 17), (160, 5, 9)]
 
 
+@pytest.mark.parametrize('prefix', TWINS)
+def test_fx_feature_extraction_returns_every_branch_as_forward_intermediates_does(prefix):
+    kwargs = dict(f_max_iter=4) if prefix == 'mdeq' else {}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        graph = create(f'{prefix}_tiny', features_only=True, feature_cls='fx', **kwargs).eval()
+        reference = create(f'{prefix}_tiny', **kwargs).eval()
+        expected = reference.forward_intermediates(x, intermediates_only=True)
+        features = graph(x)
+    assert type(graph).__name__ == 'FeatureGraphNet' and len(features) == 3
+    for got, want in zip(features, expected):
+        torch.testing.assert_close(got, want)
+
+
 def test_pruning_ends_forward_features_at_the_last_wanted_branch():
     model = create('wt_mdeq_tiny').eval()
     x = torch.randn(1, 3, 32, 32)

@@ -32,6 +32,9 @@ TRAIN_SUMMARY = 'train_summary.csv'
 VALIDATION_RESULTS = 'validation_results.json'
 SLICE_RESULTS = 'slice_results.json'
 CARD = 'README.md'
+# Model arguments that shape only training (a loss term), not the function the weights compute. They stay in
+# train_args.yaml and leave the published config and the card's description of the model.
+TRAINING_ONLY_MODEL_ARGS = ('jac_reg_weight',)
 
 PAPER_TITLE = 'Revisiting Implicit Models: Sparsity Trade-offs Capability in Weight-tied Model for Vision Tasks'
 PAPER_URL = 'https://arxiv.org/abs/2307.08013'
@@ -101,7 +104,9 @@ def _name_prefix(name: str) -> str:
 _RESULT_KEYS = {
     'top1': ('top1',), 'top5': ('top5',), 'loss': ('loss',), 'images_per_s': ('images_per_s', 'img_per_sec'),
     'params': ('params', 'param_count'), 'gflops': ('gflops',), 'effective_gflops': ('effective_gflops',),
-    'deq_iterations': ('deq_iterations',), 'dataset': ('dataset',), 'split': ('split',), 'device': ('device',),
+    'deq_iterations': ('deq_iterations',), 'solver_nstep': ('solver_nstep',),
+    'solver_rel_residual': ('solver_rel_residual',), 'solver_rel_residual_max': ('solver_rel_residual_max',),
+    'dataset': ('dataset',), 'split': ('split',), 'device': ('device',),
     'input_size': ('input_size', 'img_size'), 'batch_size': ('batch_size',), 'samples': ('samples',),
     'model': ('model', 'model_name'),
 }
@@ -333,7 +338,8 @@ def _front_matter(name: str, config: Dict[str, Any], data: DatasetInfo, val: Dic
 def _iteration_text(model) -> str:
     """How each implicit layer iterates, read off the model config.json builds (so the card states the solver)."""
     if getattr(model, 'deq_args', None):
-        return 'solved to a fixed point with torchdeq, ' + ', '.join(f'{k}={v}' for k, v in model.deq_args.items())
+        return 'solved to a fixed point with torchdeq, ' + ', '.join(
+            f'{k}={v}' for k, v in model.deq_args.items() if k not in TRAINING_ONLY_MODEL_ARGS)
     per_stage = hasattr(model, 'stages')  # a ResNet; a multi-resolution model has one implicit layer
     text = (f'{model.depth} unrolled iterations {"per stage" if per_stage else "of the block"}, '
             'weights shared across iterations')
@@ -402,6 +408,12 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         f'- images/s: inference throughput on `{val["device"]}`'
         + (f' at batch size {val["batch_size"]}' if 'batch_size' in val else '') + '.',
     ]
+    if 'solver_rel_residual' in val:
+        lines.append(f'- Convergence on this split: the solver stopped after '
+                     f'{val.get("solver_nstep", float("nan")):.1f} iterations on average, at a mean relative '
+                     f'residual ||f(z) - z|| / ||f(z)|| of {val["solver_rel_residual"]:.3f}'
+                     + (f' (worst batch {val["solver_rel_residual_max"]:.3f})' if 'solver_rel_residual_max' in val
+                        else '') + '.')
     if ci_slice:
         lines.append(f'- Fixed slice re-validated by wt-zoo\'s CI: {ci_slice["slice"]["description"]}; top-1 '
                      f'{ci_slice["top1"]:.2f} %, top-5 {ci_slice["top5"]:.2f} % ({ci_slice["correct"]} of '

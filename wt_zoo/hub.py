@@ -46,9 +46,10 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.file_download import are_symlinks_supported, repo_folder_name
 from huggingface_hub.utils.sha import git_hash
 
-from .cards import (CARD, SLICE_RESULTS, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, VALIDATION_RESULTS,
-                    HubFolderError, build_from_config, folder_slice, folder_validation, read_args, read_result_rows,
-                    read_summary, render_card, select_result_row, sha256_file, training_figures, validation_figures)
+from .cards import (CARD, SLICE_RESULTS, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, TRAINING_ONLY_MODEL_ARGS,
+                    VALIDATION_RESULTS, HubFolderError, build_from_config, folder_slice, folder_validation,
+                    read_args, read_result_rows, read_summary, render_card, select_result_row, sha256_file,
+                    training_figures, validation_figures)
 from . import ARCHITECTURES, FAMILIES, zoo_family
 from .hub_ids import (HUB_CONFIGS_ENV, HUB_ORG, REPO_HUB_CONFIGS, hub_configs_dirs, hub_repo_id,
                       published_folders)
@@ -462,11 +463,6 @@ def verify_all(names: Iterable[str] = (), hub_configs: Optional[Path] = None,
 
 # ----------------------------------------------------------------------------------------------
 # export
-
-
-# Model arguments that shape only training (a loss term), not the function the weights compute. They stay in
-# train_args.yaml and leave the published config, so that loading by name and by config.json build one model.
-TRAINING_ONLY_MODEL_ARGS = ('jac_reg_weight',)
 
 
 def _run_model_args(run_config: Dict[str, Any], args: Dict[str, Any]) -> Dict[str, Any]:

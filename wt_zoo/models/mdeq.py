@@ -230,8 +230,10 @@ class ImplicitMDEQ(ImplicitNet):
             for in_chs, out_chs in zip(channels[:-1], channels[1:])
         ])
         self.implicit = implicit_layer(MultiResolutionBlock(channels, norm_groups, **dd), stage_index=0, device=device)
-        # Branches come out of the implicit layer together: each entry is an item of its output list.
-        self.feature_info = [dict(num_chs=chs, reduction=stem_stride * 2 ** i, module='implicit')
+        # Branches come out of the implicit layer together, as one list; a parameter-free tap per branch
+        # gives each map a module name, so fx feature extraction (feature_cls='fx') can return it.
+        self.branch_taps = nn.ModuleList([nn.Identity() for _ in channels])
+        self.feature_info = [dict(num_chs=chs, reduction=stem_stride * 2 ** i, module=f'branch_taps.{i}')
                              for i, chs in enumerate(channels)]
         self.head_fuse: Optional[FuseToCoarsest] = FuseToCoarsest(channels, 2 * channels[-1], **dd)
         self.output_branch = num_branches - 1  # forward_features' map once prune_intermediate_layers drops head_fuse
@@ -250,7 +252,8 @@ class ImplicitMDEQ(ImplicitNet):
         injections = [self.forward_stem(x)]
         for downsample in self.downsamples:
             injections.append(downsample(injections[-1]))
-        return self.implicit(injections)
+        z = self.implicit(injections)
+        return [tap(z[i]) for i, tap in enumerate(self.branch_taps)]
 
     def forward_intermediates(
             self,
