@@ -409,9 +409,9 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         + (f' at batch size {val["batch_size"]}' if 'batch_size' in val else '') + '.',
     ]
     if 'solver_rel_residual' in val:
-        lines.append(f'- Convergence on this split: the solver stopped after '
-                     f'{val.get("solver_nstep", float("nan")):.1f} iterations on average, at a mean relative '
-                     f'residual ||f(z) - z|| / ||f(z)|| of {val["solver_rel_residual"]:.3f}'
+        lines.append('- Convergence on this split: the solver stopped'
+                     + (f' after {val["solver_nstep"]:.1f} iterations on average,' if 'solver_nstep' in val else '')
+                     + f' at a mean relative residual ||f(z) - z|| / ||f(z)|| of {val["solver_rel_residual"]:.3f}'
                      + (f' (worst batch {val["solver_rel_residual_max"]:.3f})' if 'solver_rel_residual_max' in val
                         else '') + '.')
     if ci_slice:

@@ -55,7 +55,8 @@ def check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
 
 
 def check_depth(depth: int, name: str = 'depth') -> None:
-    """A number of unrolled iterations: checked before anything is built from it (masks, stages)."""
+    """A count the architecture is built from (iterations, stages, branches): checked before anything is
+    built from it (masks, stages); a bool is not a count."""
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f'{name} must be a positive integer, got {depth!r}')
 
@@ -257,8 +258,7 @@ class ImplicitResNet(ImplicitNet):
             device=None,
             dtype=None,
     ):
-        if not isinstance(num_stages, int) or num_stages < 1:
-            raise ValueError(f'num_stages must be a positive integer, got {num_stages!r}')
+        check_depth(num_stages, 'num_stages')
         super().__init__(width, stem_stride, norm_groups, num_classes, in_chans, drop_rate, device=device, dtype=dtype)
         dd = dict(device=device, dtype=dtype)
         self.feature_info = [dict(num_chs=width, reduction=stem_stride, module='stem')]

@@ -18,7 +18,8 @@ from timm.models import register_model
 from timm.models._features import feature_take_indices
 
 from .deq_resnet import EquilibriumMixin
-from .implicit_resnet import ImplicitBlock, ImplicitNet, UnrolledImplicit, create_implicit_model, implicit_default_cfgs
+from .implicit_resnet import (ImplicitBlock, ImplicitNet, UnrolledImplicit, check_depth, create_implicit_model,
+                              implicit_default_cfgs)
 from .wt_resnet import WeightTiedMixin
 from .wtsm_resnet import SparseMaskMixin
 
@@ -216,8 +217,7 @@ class ImplicitMDEQ(ImplicitNet):
             device=None,
             dtype=None,
     ):
-        if not isinstance(num_branches, int) or isinstance(num_branches, bool) or num_branches < 1:
-            raise ValueError(f'num_branches must be a positive integer, got {num_branches!r}')
+        check_depth(num_branches, 'num_branches')
         super().__init__(width, stem_stride, norm_groups, num_classes, in_chans, drop_rate, device=device, dtype=dtype)
         dd = dict(device=device, dtype=dtype)
         channels = [width * 2 ** i for i in range(num_branches)]
