@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from wt_zoo.bench import main as bench_main
-from wt_zoo.bench import sweep as bench_sweep
+from wt_zoo.bench import recipe as bench_recipe
 from wt_zoo.bench.common import ModelSpec, parse_model_specs
 
 
@@ -119,68 +120,126 @@ def test_efficiency_tables_ratios_and_bars(fake_cifar10, data_cache, tmp_path):
         assert heading in readme
 
 
-def test_stability_records_divergence_accuracy_spread_and_solver_curves(fake_cifar10, data_cache, tmp_path):
-    out = tmp_path / 'stability'
-    assert bench_main([
-        'stability', '--models', 'wt_resnet_tiny:width=16,depth=2', 'deq_resnet_tiny:width=16,f_max_iter=3',
-        '--seeds', '0', '1', '--lrs', '0.05', 'inf', '--epochs', '1', '--train-subset', '32', '--held-out', '32',
-        '--eval-subset', '32', '--batch-size', '16', '--segments-per-epoch', '2', '--out', str(out),
-        '--data-dir', str(fake_cifar10), '--data-cache', str(data_cache)]) == 0
+def tiny_recipe(path: Path, model: str, **lines) -> str:
+    """A train.py recipe like configs/*.yaml (fast recipe v1 lines), shrunk to run in seconds on the fake data."""
+    recipe = dict(model=model, dataset='cifar10', batch_size=16, opt='sgd', lr=0.05, sched='poly', decay_rate=1.0,
+                  min_lr=0.0, warmup_epochs=0, sched_on_updates=True, smoothing=0.1, model_ema=True,
+                  model_ema_decay=0.9, amp='off', channels_last='off', img_size=16, log_interval=1, **lines)
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+TINY_DATA = ['--train-subset', '32', '--held-out', '32', '--eval-subset', '32']
+
+
+def test_stability_records_divergence_accuracy_spread_and_solver_curves(fake_cifar10, data_cache, tmp_path,
+                                                                         monkeypatch):
+    out, runs_dir = tmp_path / 'stability', tmp_path / 'runs'
+    recipes = [tiny_recipe(tmp_path / 'wt.yaml', 'wt_resnet_tiny', model_kwargs=dict(width=16, depth=2)),
+               tiny_recipe(tmp_path / 'deq.yaml', 'deq_resnet_tiny', model_kwargs=dict(width=16, f_max_iter=3),
+                           unrolled_warmup_epochs=1)]
+    command = ['stability', '--recipes', *recipes, '--seeds', '0', '1', '--lrs', '0.05', '1e30', '--epochs', '2',
+               *TINY_DATA, '--out', str(out), '--runs', str(runs_dir), '--data-dir', str(fake_cifar10),
+               '--data-cache', str(data_cache)]
+    assert bench_main(command) == 0
     tables = check_tables(out, 'runs', 'curves', 'summary')
     runs = tables['runs']
     assert len(runs) == 8
-    assert {(r['model'].split('_')[0], r['lr'], r['seed']) for r in runs} == {
-        (m, lr, s) for m in ('wt', 'deq') for lr in (0.05, math.inf) for s in (0, 1)}
+    assert {(r['family'], r['lr'], r['seed']) for r in runs} == {
+        (m, lr, s) for m in ('wt', 'deq') for lr in (0.05, 1e30) for s in (0, 1)}
     for r in runs:
         if r['lr'] == 0.05:
-            assert r['status'] == 'ok' and 0 <= r['held_out_top1'] <= 100 and r['steps_done'] == 2
-        else:  # an infinite learning rate makes the weights non-finite with the first update
-            assert r['status'] == 'diverged' and r['diverged_at'] == 1 and r['held_out_top1'] is None, r
-    deq_ok = [r for r in runs if r['model'].startswith('deq') and r['status'] == 'ok']
-    assert all({'probe_nstep_start', 'probe_nstep_end', 'probe_nstep_growth', 'train_nstep_last', 'held_out_nstep'}
-               <= set(r) for r in deq_ok)
-    # DEQ curves: a probe before training and after each of the 2 segments
-    curve = [c for c in tables['curves'] if c['model'].startswith('deq') and c['lr'] == 0.05 and c['seed'] == 0]
-    assert [c['step'] for c in curve] == [0, 1, 2] and all('probe_nstep' in c for c in curve)
-    summary = {(r['model'].split('_')[0], r['lr']): r for r in tables['summary']}
+            assert r['status'] == 'ok' and 0 <= r['held_out_top1'] <= 100 and r['epochs_done'] == 2, r
+        else:  # a huge learning rate makes the weights non-finite within the first epoch
+            assert r['status'] == 'diverged' and r['diverged_epoch'] == 0 and r['held_out_top1'] is None, r
+            assert r['error'], r
+    deq_ok = [r for r in runs if r['family'] == 'deq' and r['status'] == 'ok']
+    assert all(r['nstep_first'] == r['nstep_last'] == 3 and r['residual_last'] > 0 for r in deq_ok)  # at its cap
+    curve = [c for c in tables['curves'] if c['model'] == 'deq_resnet_tiny' and c['lr'] == 0.05 and c['seed'] == 0]
+    assert [c['epoch'] for c in curve] == [1, 2]
+    # the unrolled warm-up epoch trains without solving, and its evaluation solves
+    assert curve[0].get('train_nstep') is None and curve[0]['held_out_nstep'] == 3
+    assert curve[1]['held_out_nstep'] == 3 and curve[1]['train_nstep'] == 3 and curve[1]['held_out_residual'] > 0
+    summary = {(r['family'], r['lr']): r for r in tables['summary']}
     assert len(summary) == 4
-    assert summary[('wt', math.inf)]['diverged'] == 2 and summary[('wt', 0.05)]['diverged'] == 0
-    assert {'top1_mean', 'top1_std', 'top1_min', 'top1_max'} <= set(summary[('deq', 0.05)])
-    assert 'top1_mean' not in summary[('deq', math.inf)]
+    assert summary[('wt', 1e30)]['diverged'] == 2 and summary[('wt', 0.05)]['diverged'] == 0
+    assert {'top1_mean', 'top1_std', 'top1_min', 'top1_max', 'nstep_last_mean'} <= set(summary[('deq', 0.05)])
+    assert 'top1_mean' not in summary[('deq', 1e30)]
     assert (out / 'stability_accuracy.png').stat().st_size > 0 and (out / 'stability_solver.png').stat().st_size > 0
     readme = check_provenance(out, 'stability')
     assert '![stability_solver.png](stability_solver.png)' in readme
+    # every run is a train.py run folder, exported like one
+    assert (runs_dir / 'deq_resnet_tiny-lr0.05-seed1' / 'model.safetensors').is_file()
+
+    # rerunning continues: finished runs (diverged ones too) are read back, never trained again
+    def no_training(*args, **kwargs):
+        raise AssertionError('a finished run was trained again')
+    monkeypatch.setattr(bench_recipe, 'open_run', no_training)
+    assert bench_main(command) == 0
+    assert check_tables(out, 'runs')['runs'] == runs
+    # a run folder holds one run: asking it for another recipe is refused, not spliced
+    with pytest.raises(SystemExit, match='cannot continue'):
+        bench_main([*command[:command.index('--epochs')], '--epochs', '3', *command[command.index('--epochs') + 2:]])
+
+
+def test_an_interrupted_bench_run_resumes_to_the_same_outcome(fake_cifar10, data_cache, tmp_path):
+    from wt_zoo.bench.recipe import OUTCOME_FILE, train_outcome
+    recipe = tiny_recipe(tmp_path / 'wt.yaml', 'wt_resnet_tiny', model_kwargs=dict(width=16, depth=2))
+    flags = ['--config', recipe, '--epochs', '2', '--val-split-size', '32', '--train-subset', '32', '--seed', '3']
+    where = ['--data-dir', str(fake_cifar10), '--data-cache', str(data_cache)]
+    whole = train_outcome(tmp_path / 'whole', flags, where)
+    # the same run stopped after its first epoch (its checkpoint kept, no outcome), then resumed by the bench
+    cut = bench_recipe.open_run(tmp_path / 'cut', [*flags, *where])
+    cut.prepare_output()
+    cut.train_epoch(0)
+    cut.close()
+    assert not (tmp_path / 'cut' / OUTCOME_FILE).exists()
+    resumed = train_outcome(tmp_path / 'cut', flags, where)
+    assert [h['epoch'] for h in resumed['history']] == [0, 1]
+    assert resumed['held_out_top1'] == whole['held_out_top1']
+    assert resumed['final_train_loss'] == whole['final_train_loss']
 
 
 SWEEP_GRID = ['--size', 'tiny', '--depths', '1', '2', '--widths', '16', '--dense-extra', '4x8', '--densities', '0.5',
               '--mask-depths', '2', '--mask-width', '16', '--mask-kinds', '2:4', '--mask-modes', 'shared',
-              '--epochs', '1', '--train-subset', '32', '--held-out', '32', '--eval-subset', '32', '--batch-size', '16']
+              '--epochs', '1', '--seeds', '0', '1', *TINY_DATA]
 
 
 def test_sweep_grid_tables_plots_resume_and_guidelines(fake_cifar10, data_cache, tmp_path, monkeypatch):
-    out = tmp_path / 'results' / 'sweep'
-    data = ['--data-dir', str(fake_cifar10), '--data-cache', str(data_cache)]
-    assert bench_main(['sweep', *SWEEP_GRID, '--out', str(out), *data]) == 0
-    rows = check_tables(out, 'sweep')['sweep']
+    out, runs_dir = tmp_path / 'results' / 'sweep', tmp_path / 'runs'
+    recipe = tiny_recipe(tmp_path / 'recipe.yaml', 'wt_resnet_tiny')
+    command = ['sweep', *SWEEP_GRID, '--recipe', recipe, '--out', str(out), '--runs', str(runs_dir),
+               '--data-dir', str(fake_cifar10), '--data-cache', str(data_cache)]
+    assert bench_main(command) == 0
+    tables = check_tables(out, 'sweep', 'runs')
+    rows = tables['sweep']
     assert [r['config'] for r in rows] == [
         'wt_d1_w16', 'wt_d2_w16', 'wt_d4_w8', 'wtsm_d2_w16_p0.5_unstructured_distinct',
         'wtsm_d2_w16_p0.5_2:4_distinct', 'wtsm_d2_w16_p0.5_unstructured_shared']
     columns = {'config', 'family', 'depth', 'width', 'mask_density', 'mask_kind', 'mask_mode', 'params', 'gflops',
-               'effective_gflops', 'held_out_top1', 'status', 'train_seconds', 'seed'}
+               'effective_gflops', 'held_out_top1', 'held_out_top1_std', 'seeds', 'status', 'train_seconds'}
     for r in rows:
-        assert columns <= set(r) and r['status'] == 'ok'
+        assert columns <= set(r) and r['status'] == 'ok' and r['seeds'] == 2
+        seeds = [x['held_out_top1'] for x in tables['runs'] if x['config'] == r['config']]
+        assert len(seeds) == 2 and r['held_out_top1'] == pytest.approx(sum(seeds) / 2)
     masked = [r for r in rows if r['family'] == 'wtsm']
     assert all(r['params'] == rows[1]['params'] for r in masked)  # masks add no parameters
     assert all(r['effective_gflops'] < r['gflops'] for r in masked)
+    # the 2:4 mask reached the model as a mask kind, not as YAML's base-60 number 124
+    args = yaml.safe_load((runs_dir / 'wtsm_d2_w16_p0.5_2:4_distinct-seed1' / 'args.yaml').read_text())
+    assert args['model'] == 'wtsm_resnet_tiny' and args['model_kwargs']['mask_kind'] == '2:4' and args['seed'] == 1
     for png in ('sweep_depth.png', 'sweep_width.png', 'sweep_density.png', 'sweep_params.png', 'sweep_flops.png'):
         assert (out / png).stat().st_size > 0, png
-    check_provenance(out, 'sweep')
+    readme = check_provenance(out, 'sweep')
+    run_info = json.loads((out / 'run.json').read_text())
+    assert run_info['resolution'] == pytest.approx(2 * run_info['seed_std_pooled'])
+    assert f"**Resolution: {run_info['resolution']:.2f} points**" in readme
 
-    # --resume keeps finished configurations and trains none again
+    # rerunning continues: a finished configuration is never trained again
     def no_training(*args, **kwargs):
-        raise AssertionError('--resume retrained a finished configuration')
-    monkeypatch.setattr(bench_sweep, 'train_short', no_training)
-    assert bench_main(['sweep', *SWEEP_GRID, '--out', str(out), '--resume', *data]) == 0
+        raise AssertionError('the sweep retrained a finished configuration')
+    monkeypatch.setattr(bench_recipe, 'open_run', no_training)
+    assert bench_main(command) == 0
     assert [r['config'] for r in check_tables(out, 'sweep')['sweep']] == [r['config'] for r in rows]
 
     doc = tmp_path / 'docs' / 'guidelines.md'
@@ -190,12 +249,55 @@ def test_sweep_grid_tables_plots_resume_and_guidelines(fake_cifar10, data_cache,
     for heading in ('## Summary', '## Choosing for a parameter budget', '## Choosing for a FLOP budget',
                     '## Depth (at equal parameters)', '## Sparse masks', '## Figures', '## Every configuration'):
         assert heading in text, heading
-    assert 'seed noise was not measured' in text
+    assert "pooled over the sweep's configurations (seeds 0, 1" in text  # the sweep's own seeds set the resolution
+    assert '1 epochs of `recipe.yaml` on 32 CIFAR-10 training images' in text
     for png in ('sweep_depth.png', 'sweep_density.png', 'sweep_flops.png'):
         assert f'](../results/sweep/{png})' in text  # embedded, relative to the document
     assert '([Figure 1](#figure-1))' in text
     for r in rows:
         assert r['label'] in text
+
+
+def test_ablation_compares_variants_to_the_baseline_over_seeds_with_tta_beside(fake_cifar10, data_cache, tmp_path):
+    out, runs_dir = tmp_path / 'ablation', tmp_path / 'runs'
+    recipe = tiny_recipe(tmp_path / 'wt.yaml', 'wt_resnet_tiny', model_kwargs=dict(width=16, depth=2))
+    command = ['ablation', '--recipe', recipe, '--variant', 'base=', '--variant', 'cutout4=--cutout 4 --hflip 0',
+               '--seeds', '0', '1', '--epochs', '2', *TINY_DATA, '--out', str(out), '--runs', str(runs_dir),
+               '--data-dir', str(fake_cifar10), '--data-cache', str(data_cache)]
+    assert bench_main([*command, '--tta', 'none']) == 0
+    tables = check_tables(out, 'variants', 'runs')
+    runs, rows = tables['runs'], tables['variants']
+    assert [(r['variant'], r['seed']) for r in runs] == [('base', 0), ('cutout4', 0), ('base', 1), ('cutout4', 1)]
+    args = yaml.safe_load((runs_dir / 'cutout4-seed1' / 'args.yaml').read_text())
+    assert (args['cutout'], args['hflip'], args['seed'], args['epochs']) == (4, 0.0, 1, 2)
+    assert yaml.safe_load((runs_dir / 'base-seed0' / 'args.yaml').read_text())['cutout'] == 0
+    base, cutout = rows
+    assert base['variant'] == 'base' and base['seeds'] == 2 and 'delta' not in base
+    mean = {v: sum(r['held_out_top1'] for r in runs if r['variant'] == v) / 2 for v in ('base', 'cutout4')}
+    assert cutout['delta'] == pytest.approx(mean['cutout4'] - mean['base'])
+    resolution = json.loads((out / 'run.json').read_text())['resolution']
+    assert cutout['verdict'] == ('within resolution' if abs(cutout['delta']) <= resolution
+                                 else 'better' if cutout['delta'] > 0 else 'worse')
+    assert cutout['flags'] == '--cutout 4 --hflip 0'
+    check_provenance(out, 'ablation')
+
+    # asked again with TTA: the finished runs gain the TTA figure of their last weights, without training again
+    epochs_before = (runs_dir / 'base-seed0' / 'summary.csv').read_text()
+    assert bench_main([*command, '--tta', 'flip']) == 0
+    runs = check_tables(out, 'runs')['runs']
+    assert all(0 <= r['held_out_tta_flip_top1'] <= 100 for r in runs)
+    assert (runs_dir / 'base-seed0' / 'summary.csv').read_text() == epochs_before
+    assert check_tables(out, 'variants')['variants'][1]['tta_delta'] is not None
+    assert 'with flip TTA (%)' in (out / 'README.md').read_text()
+
+
+def test_ablation_variants_are_named_words(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench_main(['ablation', '--recipe', 'configs/wt_resnet_tiny.c10.yaml', '--variant', '--cutout 8'])
+    assert 'NAME="train.py flags"' in capsys.readouterr().err
+    with pytest.raises(SystemExit, match='must differ'):
+        bench_main(['ablation', '--recipe', 'configs/wt_resnet_tiny.c10.yaml', '--variant', 'a=', '--variant', 'a=',
+                    '--out', str(tmp_path / 'out')])
 
 
 def test_guidelines_without_sweep_results_says_what_to_run(tmp_path):

@@ -68,7 +68,10 @@ def _write(folder: Path, name: str, data) -> None:
     (folder / name).write_text(json.dumps(data))
 
 
-def _stability(results: Path, wt_mean: float, deq_mean: float, std: float, deq_first_divergence: float = 1.5):
+def _stability(results: Path, wt_mean: float, deq_mean: float, std: float, deq_first_divergence: float = 1.5,
+               recipes: bool = False):
+    """A stability summary: from runs of the zoo's recipes on the full split (``recipes``), or short runs on a
+    subset that tracked DEQ iterations on a probe batch (the results committed before)."""
     rows = []
     for lr in (0.1, 0.5, 1.5):
         for family, mean in (('wt', wt_mean), ('deq', deq_mean)):
@@ -77,12 +80,16 @@ def _stability(results: Path, wt_mean: float, deq_mean: float, std: float, deq_f
             if not diverged:
                 row.update(top1_mean=mean - abs(lr - 0.5), top1_std=std)
             if family == 'deq' and not diverged:
-                row.update(probe_nstep_start_mean=6.0, probe_nstep_end_mean=9.0)
+                row.update(dict(nstep_first_mean=6.0, nstep_last_mean=9.0) if recipes
+                           else dict(probe_nstep_start_mean=6.0, probe_nstep_end_mean=9.0))
             rows.append(row)
     _write(results / 'stability', 'summary.json', rows)
+    settings = dict(epochs=2, train_subset=500, seeds=[0, 1, 2], lrs=[0.1, 0.5, 1.5], eval_subset=200)
+    if recipes:
+        settings = dict(epochs=10, train_subset=None, held_out=5000, seeds=[0, 1, 2], lrs=[0.1, 0.5, 1.5],
+                        recipes=['configs/wt_resnet_tiny.c10.yaml', 'configs/deq_resnet_tiny.c10.yaml'])
     _write(results / 'stability', 'run.json', dict(command='python -m wt_zoo.bench stability', date='d', git_commit='c1',
-                                                   settings=dict(epochs=2, train_subset=500, seeds=[0, 1, 2],
-                                                                 lrs=[0.1, 0.5, 1.5], eval_subset=200)))
+                                                   settings=settings))
 
 
 def _tta_row(model: str, final: float, minutes: float):
@@ -140,6 +147,36 @@ def test_claims_judge_synthetic_results_and_fill_in_when_a_measurement_appears(t
     _stability(results, wt_mean=45.0, deq_mean=50.0, std=1.0)
     rows = claims.build(results, hub)
     assert [r for r in _by_id(rows, 'accuracy_wt_vs_deq_epochs') if r['source'] == 'stability'][0]['verdict'] == FAILS
+
+
+def test_stability_claims_read_runs_of_the_zoos_recipes_on_the_full_split(tmp_path):
+    results = tmp_path / 'results'
+    _stability(results, wt_mean=85.0, deq_mean=80.0, std=0.3, deq_first_divergence=0.5, recipes=True)
+    rows = claims.build(results, tmp_path / 'hub_configs')
+    [solver] = _by_id(rows, 'stability_solver')
+    assert solver['verdict'] == HOLDS and '6.0 → 9.0' in solver['measured']
+    assert 'after the first and the last epoch' in solver['regime']
+    [acc] = [r for r in _by_id(rows, 'accuracy_wt_vs_deq_epochs') if r['source'] == 'stability']
+    assert acc['verdict'] == HOLDS
+    assert acc['regime'].startswith('10 epochs of `wt_resnet_tiny.c10.yaml`, `deq_resnet_tiny.c10.yaml` on all 45,000 '
+                                    'CIFAR-10 training images; held-out top-1 on 5,000 images, 3 seeds')
+
+
+def test_the_sweeps_own_seeds_set_its_resolution(tmp_path):
+    results = tmp_path / 'results'
+    rows = [dict(config='wt_d2_w32', label='d2 w32', family='wt', depth=2, width=32, mask_density=1.0, params=1e5,
+                 effective_gflops=0.05, held_out_top1=80.0, status='ok'),
+            dict(config='wt_d4_w32', label='d4 w32', family='wt', depth=4, width=32, mask_density=1.0, params=1e5,
+                 effective_gflops=0.09, held_out_top1=81.5, status='ok')]
+    _write(results / 'sweep', 'sweep.json', rows)
+    run = dict(command='python -m wt_zoo.bench sweep', date='d', git_commit='c3', seed_std_pooled=0.4, resolution=0.8,
+               settings=dict(epochs=15, seeds=[0, 1], size='tiny', recipe='configs/wt_resnet_tiny.c10.yaml'))
+    _write(results / 'sweep', 'run.json', run)
+    _stability(results, wt_mean=50.0, deq_mean=45.0, std=2.0)  # a wider spread elsewhere does not set the sweep's
+    assert claims.sweep_resolution(claims.Sources(results, tmp_path / 'hub_configs')) == pytest.approx(0.8)
+    run.pop('seed_std_pooled')
+    _write(results / 'sweep', 'run.json', run)  # one seed: the stability benchmark's spread stands in
+    assert claims.sweep_resolution(claims.Sources(results, tmp_path / 'hub_configs')) == pytest.approx(4.0)
 
 
 def test_speed_and_memory_claims_from_a_synthetic_efficiency_run(tmp_path):

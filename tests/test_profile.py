@@ -82,3 +82,10 @@ def test_cli_rejects_unknown_models():
     result = subprocess.run([sys.executable, '-m', 'wt_zoo.profile', 'resnet50'], capture_output=True, text=True)
     assert result.returncode == 2
     assert "no zoo model matches 'resnet50'" in result.stderr
+
+
+def test_the_zoos_commands_show_no_deprecation_notice_from_fvcore():
+    """fvcore scripts a loss at import, which torch now warns about: not the user's warning to see."""
+    code = 'import wt_zoo.profile; from wt_zoo.bench import build_parser; build_parser()'
+    done = subprocess.run([sys.executable, '-W', 'error::FutureWarning', '-c', code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -349,6 +349,12 @@ def test_config_yaml_sets_defaults_and_the_command_line_wins(tmp_path):
     assert args.model_kwargs == {'drop_rate': 0.1, 'norm_groups': 4}
 
 
+def test_model_kwargs_keep_an_n_m_mask_kind_a_string():
+    args = train.parse_args(['--model', 'wtsm_resnet_tiny', '--model-kwargs', 'mask_kind=2:4', 'mask_density=0.5',
+                             'depth=3', 'solver=anderson'])
+    assert args.model_kwargs == {'mask_kind': '2:4', 'mask_density': 0.5, 'depth': 3, 'solver': 'anderson'}
+
+
 def test_config_with_unknown_key_names_it(tmp_path, capsys):
     cfg = tmp_path / 'recipe.yaml'
     cfg.write_text('lr: 0.3\nbatchsize: 64\n')

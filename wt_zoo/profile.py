@@ -15,11 +15,15 @@ import copy
 import fnmatch
 import json
 import sys
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
-from fvcore.nn import FlopCountAnalysis, parameter_count
+
+with warnings.catch_warnings():  # fvcore.nn scripts its focal loss at import; torch's deprecation notice is not ours
+    warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis, parameter_count
 
 from .solvers import State
 

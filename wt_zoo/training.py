@@ -151,11 +151,15 @@ def load_checkpoint_file(path: Union[str, Path], map_location='cpu') -> Dict[str
 
 
 def parse_kwargs_value(text: str) -> Any:
-    """'k=v' values as YAML scalars/lists (0.5, true, [1, 2], anderson)."""
+    """'k=v' values as YAML scalars/lists (0.5, true, [1, 2], anderson); '2:4' stays a string (YAML 1.1 would
+    read it as the base-60 integer 124, and a mask kind is written that way)."""
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and ':' in text:
+        return text
+    return value
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -4,10 +4,12 @@ Subcommands, one module each:
 
 - ``efficiency``  params, fvcore FLOPs, inference and training images/s, peak training memory (with and
   without grad checkpointing), DEQ solver iterations; ratios to the dense WT twin; the performance bars.
-- ``stability``   WT and DEQ twins trained briefly over seeds and learning rates: divergence, accuracy
-  spread, DEQ solver iterations over training.
-- ``sweep``       depth x width x mask density (kind, mode) on one short CIFAR-10 recipe, with plots.
+- ``stability``   WT and DEQ twins under their recipes over seeds and learning rates: divergence, accuracy
+  spread, DEQ solver iterations and residual over training.
+- ``sweep``       depth x width x mask density (kind, mode) under one recipe over seeds, with plots.
 - ``guidelines``  docs/guidelines.md written from the sweep's results.
+- ``ablation``    variants of one recipe against its baseline on the held-out split, over seeds (how a recipe's
+  settings are chosen).
 - ``budget``      the epochs twins can share within a device-time budget, from timed training steps.
 - ``time-to-accuracy``  held-out top-1 against training minutes for twins under one recipe and budget.
 - ``train-speed`` training images/s per numeric path (bf16, channels_last, compile), and what ``auto`` picks.
@@ -24,17 +26,18 @@ from typing import Optional, Sequence
 
 __all__ = ['main', 'build_parser']
 
-SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'budget', 'time-to-accuracy', 'train-speed',
-               'transfer', 'claims')
+SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'ablation', 'budget', 'time-to-accuracy',
+               'train-speed', 'transfer', 'claims')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import budget, claims, efficiency, guidelines, stability, sweep, time_to_accuracy, train_speed, transfer
+    from . import (ablation, budget, claims, efficiency, guidelines, stability, sweep, time_to_accuracy, train_speed,
+                   transfer)
     parser = argparse.ArgumentParser(prog='python -m wt_zoo.bench', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='{' + ','.join(SUBCOMMANDS) + '}')
     for name, module in (('efficiency', efficiency), ('stability', stability), ('sweep', sweep),
-                         ('guidelines', guidelines), ('budget', budget), ('time-to-accuracy', time_to_accuracy),
+                         ('guidelines', guidelines), ('ablation', ablation), ('budget', budget), ('time-to-accuracy', time_to_accuracy),
                          ('train-speed', train_speed), ('transfer', transfer),
                          ('claims', claims)):
         doc = module.__doc__.strip()

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..training import atomic_write_text, write_results
+from .recipe import stability_regime, sweep_regime
+from .stability import solver_trend
 from .common import REPO_ROOT, log
 
 __all__ = ['add_arguments', 'run', 'judge', 'judge_ratio', 'combine', 'build', 'render_readme', 'readme_section',
@@ -195,7 +197,7 @@ def borrowed_resolution(src: Sources) -> float:
 def sweep_resolution(src: Sources) -> float:
     """The resolution docs/guidelines.md uses for the sweep (the same function computes it)."""
     from .guidelines import _resolution
-    return _resolution(_seed_std_rows(src) or None, src.settings('sweep').get('lr'), '')[0]
+    return _resolution(_seed_std_rows(src) or None, src.settings('sweep').get('lr'), '', src.run('sweep'))[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,17 +205,11 @@ def sweep_resolution(src: Sources) -> float:
 
 
 def _stability_regime(src: Sources) -> str:
-    s = src.settings('stability')
-    return (f"{s.get('epochs', '?')} epochs on {_fmt_int(s.get('train_subset', '?'))} CIFAR-10 training images, "
-            f"{len(s.get('seeds', []))} seeds x peak lr {_lrs(s.get('lrs', []))}; held-out top-1 on "
-            f"{_fmt_int(s.get('eval_subset', '?'))} images")
+    return stability_regime(src.settings('stability'))
 
 
 def _sweep_regime(src: Sources) -> str:
-    s = src.settings('sweep')
-    return (f"{s.get('epochs', '?')} epochs on {_fmt_int(s.get('train_subset', '?'))} CIFAR-10 training images, "
-            f"one seed ({s.get('seed', '?')}), peak lr {s.get('lr', '?')}, `{s.get('size', '?')}` architecture; "
-            f"held-out top-1 on {_fmt_int(s.get('eval_subset', '?'))} images")
+    return sweep_regime(src.settings('sweep'))
 
 
 def _checkpoint_regime(pairs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]]) -> str:
@@ -495,11 +491,13 @@ def claim_stability(src: Sources) -> List[Dict[str, Any]]:
             text = (f'{size}: first divergence WT {say(fw)}, DEQ {say(fd)} (grid lr {_lrs(lrs)})')
             div_cmp.append(_cmp(size, text, delta, 0.0, judge(delta, 0.0)))
         for r in deq:
-            if r.get('diverged') or r.get('probe_nstep_start_mean') is None:
+            trend = solver_trend(r)
+            if r.get('diverged') or trend is None:
                 continue
-            delta = r['probe_nstep_end_mean'] - r['probe_nstep_start_mean']
-            at_cap = cap is not None and r['probe_nstep_start_mean'] >= cap - SOLVER_RESOLUTION
-            text = (f"{size}, lr {r['lr']:g}: {r['probe_nstep_start_mean']:.1f} → {r['probe_nstep_end_mean']:.1f} "
+            start, end = trend
+            delta = end - start
+            at_cap = cap is not None and start >= cap - SOLVER_RESOLUTION
+            text = (f"{size}, lr {r['lr']:g}: {start:.1f} → {end:.1f} "
                     f"iterations ({delta:+.2f}, resolution {SOLVER_RESOLUTION:g})" + (f', at its cap of {cap}'
                                                                                       if at_cap else ''))
             solver_cmp.append(_cmp(f"{size} lr {r['lr']:g}", text, delta, SOLVER_RESOLUTION,
@@ -510,9 +508,15 @@ def claim_stability(src: Sources) -> List[Dict[str, Any]]:
         _row('stability_divergence', 'WT trains stably at learning rates where its DEQ twin diverges', 'stability',
              'results/stability/README.md', regime if div_cmp else '', div_cmp, missing),
         _row('stability_solver', 'The DEQ solver needs more iterations as training goes on', 'stability',
-             'results/stability/README.md', (regime + '; iterations on 256 held-out images') if solver_cmp else '',
+             'results/stability/README.md', (regime + '; ' + _solver_where(src)) if solver_cmp else '',
              solver_cmp, missing),
     ]
+
+
+def _solver_where(src: Sources) -> str:
+    if 'recipes' in src.settings('stability'):
+        return 'iterations on the held-out images after the first and the last epoch'
+    return 'iterations on 256 held-out images before and after training'
 
 
 def _sweep_rows(src: Sources) -> List[Dict[str, Any]]:

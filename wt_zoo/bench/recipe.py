@@ -1,246 +1,256 @@
-"""One short, fixed CIFAR-10 training recipe for ``stability`` and ``sweep``, built on the project's loop.
+"""Bench training runs: train.py's library object on a recipe, one resumable run folder each.
 
-Data: a stratified subset of the CIFAR-10 training split, minus a held-out part (the same
-held-out images for every run, chosen by ``held_out_seed``); accuracy is measured on that
-held-out part, never on the test split. Batches come from :class:`wt_zoo.data.DeviceImageLoader`
-(crop + flip on the device); the steps are :func:`wt_zoo.training.train_one_epoch`, which stops a
-run with ``NonFiniteLossError`` when its loss turns NaN/Inf. SGD (Nesterov, timm's ``sgd``) with
-a linear warm-up and cosine decay (timm's ``CosineLRScheduler``, stepped every update), label
-smoothing.
-
-Each epoch is cut into segments so that a curve (loss, DEQ solver iterations) has several
-points even for a one-epoch run; a segment is a slice of the epoch's one batch iterator, so the
-data order is exactly that of an uncut epoch.
+``stability``, ``sweep``, ``time-to-accuracy`` and ``transfer`` train through
+:class:`wt_zoo.trainer.TrainingRun`, so a bench run is a train.py run: the same recipe file
+(``configs/*.yaml``), fast path, atomic checkpoints and exact ``--resume``. A folder with
+``last.pth.tar`` resumes where it stopped; one with an outcome file is finished and is read back,
+never retrained. A run that diverges (NaN/Inf loss, or a DEQ solve returning non-finite values) is
+finished too: divergence is what the stability benchmark counts.
 """
-import math
-import time
+import json
+import os
+import shlex
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from ..data import DeviceImageLoader, ImageArrays, load_split_arrays
-from ..models.implicit_resnet import CIFAR10_MEAN, CIFAR10_STD
-from ..training import DistContext, NonFiniteLossError, evaluate, mean_solver_steps, seed_everything, train_one_epoch
+from ..training import LAST_CHECKPOINT, atomic_write_text, describe_hardware, parse_kwargs_value, plain
+from .common import REPO_ROOT
 
-__all__ = ['Recipe', 'CifarSubsets', 'load_cifar10_subsets', 'train_short', 'add_recipe_arguments', 'fill_defaults',
-           'recipe_from_args', 'subsets_from_args']
+__all__ = ['open_run', 'train_outcome', 'model_kwargs_flags', 'add_recipe_arguments', 'fill_defaults', 'recipe_overrides', 'data_flags',
+           'default_recipe', 'pooled_std', 'stability_regime', 'sweep_regime', 'OUTCOME_FILE', 'REQUEST_FILE']
 
-
-@dataclass
-class Recipe:
-    """The fixed short recipe; every field is a command-line flag of stability and sweep."""
-    epochs: int = 2
-    batch_size: int = 128
-    lr: float = 0.15
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_fraction: float = 0.1
-    smoothing: float = 0.1
-    segments_per_epoch: int = 4
-    eval_batch_size: int = 256
+OUTCOME_FILE = 'outcome.json'
+REQUEST_FILE = 'request.json'  # what the folder was started with; a rerun asking for something else is refused
 
 
-@dataclass
-class CifarSubsets:
-    """Training subset and held-out images, decoded once and shared by all runs."""
-    train: ImageArrays
-    held_out: ImageArrays
-    probe: torch.Tensor  # normalised held-out images on which DEQ solver iterations are tracked
+def open_run(run_dir: Path, flags: Sequence[str]):
+    """A TrainingRun writing into ``run_dir``, resuming from its last checkpoint when there is one."""
+    from ..trainer import TrainingRun, parse_train_args
+    flags = [*flags, '--output', str(run_dir.parent), '--experiment', run_dir.name, '--no-progress']
+    if (run_dir / LAST_CHECKPOINT).is_file():
+        flags += ['--resume', str(run_dir)]
+    return TrainingRun(parse_train_args(flags))
 
 
-def load_cifar10_subsets(train_subset: int, held_out: int, eval_subset: Optional[int] = None, probe: int = 256,
-                         held_out_seed: int = 42, data_dir=None, cache_dir=None) -> CifarSubsets:
-    """``train_subset`` training images from the training split less ``held_out`` held-out ones (``eval_subset``
-    of which are evaluated), stratified and seeded; no test image is touched."""
-    common = dict(data_dir=data_dir, cache_dir=cache_dir, val_split_size=held_out, val_split_seed=held_out_seed)
-    train = load_split_arrays('cifar10', 'train', subset=train_subset, subset_seed=held_out_seed + 1, **common)
-    val = load_split_arrays('cifar10', 'val', subset=eval_subset, subset_seed=held_out_seed + 2, **common)
-    images = torch.from_numpy(val.images[:probe]).permute(0, 3, 1, 2).float().div(255)
-    mean = torch.tensor(CIFAR10_MEAN).view(1, -1, 1, 1)
-    std = torch.tensor(CIFAR10_STD).view(1, -1, 1, 1)
-    return CifarSubsets(train, val, ((images - mean) / std).contiguous())
+def model_kwargs_flags(model_kwargs: Dict[str, Any]) -> List[str]:
+    """``--model-kwargs k=v ...`` that train.py parses back to the same values (JSON, which YAML reads, where the
+    plain text would not round-trip, e.g. mask_kind 2:4)."""
+    if not model_kwargs:
+        return []
+    return ['--model-kwargs', *(f'{k}={v if parse_kwargs_value(str(v)) == v else json.dumps(v)}'
+                                for k, v in model_kwargs.items())]
 
 
-class _Segment:
-    """``steps`` batches pulled from a shared epoch iterator: a loader for train_one_epoch."""
-
-    def __init__(self, iterator: Iterator, steps: int):
-        self.iterator, self.steps = iterator, steps
-        self.yielded = 0  # batches handed out so far: the one in flight when a step fails
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        for _ in range(self.steps):
-            self.yielded += 1
-            yield next(self.iterator)
+def _request(flags: List[str]) -> Dict[str, Any]:
+    """The flags and the recipe file's text: a folder's run is defined by both."""
+    recipe = flags[flags.index('--config') + 1] if '--config' in flags else None
+    return dict(flags=flags, recipe_text=Path(recipe).read_text() if recipe else None)
 
 
-def _segment_lengths(steps: int, segments: int) -> List[int]:
-    segments = max(1, min(segments, steps))
-    edges = np.linspace(0, steps, segments + 1).round().astype(int)
-    return [int(b - a) for a, b in zip(edges[:-1], edges[1:])]
+def _check_request(run_dir: Path, flags: List[str]) -> None:
+    path, request = run_dir / REQUEST_FILE, _request(flags)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != request:
+            what = ('its recipe file changed since' if saved['flags'] == flags
+                    else f'it was started as `{shlex.join(saved["flags"])}`')
+            raise SystemExit(f'error: {run_dir} cannot continue as `{shlex.join(flags)}`: {what}; use another '
+                             '--runs folder (a run folder holds one run, never two spliced)')
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(request, indent=2) + '\n')
 
 
-@torch.no_grad()
-def probe_solver(model: nn.Module, probe: torch.Tensor) -> Dict[str, float]:
-    """A DEQ's mean solver iterations and worst residual over stages on the fixed probe batch (eval mode)."""
-    was_training = model.training
-    model.eval()
-    model(probe)
-    stats = model.solver_stats
-    model.train(was_training)
-    return dict(probe_nstep=float(np.mean([s['nstep'] for s in stats.values()])),
-                probe_rel_residual=float(max(s['rel_residual'] for s in stats.values())))
+def _heldout_top1(row: Dict[str, Any]) -> float:
+    return float(row.get('ema_eval_top1', row['eval_top1']))
 
 
-def train_short(make_model: Callable[[], nn.Module], data: CifarSubsets, recipe: Recipe, seed: int,
-                device: str = 'cpu', on_segment: Optional[Callable[[Dict[str, Any]], None]] = None) -> Dict[str, Any]:
-    """Train a fresh model with the recipe; returns the outcome, final held-out metrics and the curve.
+def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[str] = (),
+                  tta: str = 'none') -> Dict[str, Any]:
+    """Train ``flags`` (train.py's) in ``run_dir`` to the end, or read the finished outcome back.
 
-    ``status`` is ``'ok'`` or ``'diverged'`` (non-finite loss, or a DEQ solver returning non-finite
-    values); a diverged run keeps the curve up to where it stopped and says where in ``diverged_at``.
+    ``location_flags`` (where the data lies: --data-dir, --data-cache) join the run but not its
+    definition, so a run started on one machine finishes on another.
+
+    The outcome: ``status`` ('ok' or 'diverged', with ``error`` and ``diverged_epoch``), the final
+    epoch's held-out top-1 (the EMA's when the recipe keeps one; never the best epoch's, which would
+    select on the figure it reports), training seconds and images/s, the per-epoch ``history`` and,
+    for a DEQ, the solver iterations and residual on the held-out images after the first and the last
+    epoch (evaluation solves even after an unrolled warm-up epoch). ``tta`` (a :mod:`wt_zoo.tta` mode)
+    adds the same weights' test-time-augmented held-out top-1 beside the plain one, never instead.
     """
-    seed_everything(seed)
-    model = make_model().to(device)
-    ctx = DistContext(device=torch.device(device))
-    train_loader = DeviceImageLoader(data.train, recipe.batch_size, CIFAR10_MEAN, CIFAR10_STD, device,
-                                     is_training=True, seed=seed)
-    eval_loader = DeviceImageLoader(data.held_out, recipe.eval_batch_size, CIFAR10_MEAN, CIFAR10_STD, device)
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
-    optimizer = create_optimizer_v2(model, opt='sgd', lr=recipe.lr, weight_decay=recipe.weight_decay,
-                                    momentum=recipe.momentum)
-    steps_per_epoch = len(train_loader)
-    total_steps = steps_per_epoch * recipe.epochs
-    warmup = int(round(recipe.warmup_fraction * total_steps))
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup), warmup_t=warmup,
-                                  warmup_lr_init=recipe.lr * 0.01, warmup_prefix=True, t_in_epochs=False)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.smoothing)
-    is_deq = hasattr(model, 'solver_stats')
-    probe = data.probe.to(device)
-
-    result: Dict[str, Any] = dict(status='ok', diverged_at=None, error=None)
-    curve: List[Dict[str, Any]] = []
-    num_updates = 0
-    segment: Optional[_Segment] = None
-    started = time.perf_counter()
+    from ..trainer import TrainingStopped
+    flags = [str(f) for f in flags]
+    run_dir = Path(run_dir)
+    _check_request(run_dir, flags)
+    path = run_dir / OUTCOME_FILE
+    if path.is_file():
+        outcome = json.loads(path.read_text())
+        if tta == 'none' or outcome['status'] != 'ok' or f'held_out_{_tta_key(tta)}' in outcome:
+            return outcome
+        with warnings.catch_warnings():  # a finished run asked for a TTA figure it lacks: its last checkpoint has it
+            warnings.filterwarnings('ignore', message='DEQ solver did not reach')
+            run = open_run(run_dir, [*flags, *map(str, location_flags)])
+            try:
+                outcome[f'held_out_{_tta_key(tta)}'] = _tta_top1(run, run_dir, tta)
+            finally:
+                run.close()
+        atomic_write_text(path, json.dumps(plain(outcome), indent=2) + '\n')
+        return outcome
+    status, error, diverged_epoch = 'ok', '', None
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='DEQ solver did not reach')
+        run = open_run(run_dir, [*flags, *map(str, location_flags)])
+        tta_top1 = None
         try:
-            if is_deq:
-                curve.append(dict(epoch=0, step=0, **probe_solver(model, probe)))
-            for epoch in range(recipe.epochs):
-                train_loader.set_epoch(epoch)
-                iterator = iter(train_loader)
-                for steps in _segment_lengths(steps_per_epoch, recipe.segments_per_epoch):
-                    segment = _Segment(iterator, steps)
-                    metrics, num_updates = train_one_epoch(
-                        model, segment, optimizer, loss_fn, epoch=epoch, ctx=ctx,
-                        scheduler=scheduler, num_updates=num_updates, log_interval=max(1, min(steps, 10)),
-                        progress=False)
-                    segment = None  # a failure from here on (the probe) happened after update num_updates
-                    point = dict(epoch=epoch, step=num_updates, train_loss=metrics['loss'], train_top1=metrics['top1'],
-                                 train_img_s=metrics['images_per_s'], current_lr=optimizer.param_groups[0]['lr'])
-                    if 'solver_nstep' in metrics:
-                        point['train_nstep'] = metrics['solver_nstep']
-                    if is_deq:
-                        point.update(probe_solver(model, probe))
-                    curve.append(point)
-                    if on_segment:
-                        on_segment(point)
-        # diverged_at: the updates completed when non-finite values first showed
-        except NonFiniteLossError as e:  # e.step is the 0-based step within the segment
-            result.update(status='diverged', error=str(e).split(' at epoch')[0], diverged_at=num_updates + e.step)
-        except FloatingPointError as e:  # a DEQ solve returned NaN/Inf on the batch in flight (or on the probe)
-            result.update(status='diverged', error=str(e).split(';')[0],
-                          diverged_at=num_updates + (segment.yielded - 1 if segment else 0))
-    result['train_seconds'] = time.perf_counter() - started
-    result['steps_done'] = num_updates
-    result['train_images'] = len(data.train)
+            run.run()
+            if tta != 'none':
+                tta_top1 = _tta_top1(run, run_dir, tta)
+        except (TrainingStopped, FloatingPointError) as e:  # a DEQ solve returning NaN/Inf raises the latter
+            status, error, diverged_epoch = 'diverged', str(e).split(';')[0], len(run.history)
+        finally:
+            run.close()
+    history = [plain(row) for row in run.history]
+    outcome: Dict[str, Any] = dict(
+        status=status, error=error, diverged_epoch=diverged_epoch, epochs=run.num_epochs, epochs_done=len(history),
+        model=run.args.model, model_kwargs=plain(run.args.model_kwargs), lr=run.args.lr, seed=run.args.seed,
+        train_images=run.train_loader.dataset_size, heldout_images=run.eval_loader.dataset_size,
+        train_seconds=sum(float(h['epoch_seconds']) for h in history),
+        train_img_s=float(np.mean([h['images_per_s'] for h in history])) if history else None,
+        amp=run.args.amp, channels_last=run.args.channels_last,
+        hardware=describe_hardware(run.ctx.device, run.ctx.world_size), history=history)
+    if history:
+        last = history[-1]
+        outcome.update(held_out_top1=_heldout_top1(last), held_out_top1_raw=float(last['eval_top1']),
+                       held_out_loss=float(last.get('ema_eval_loss', last['eval_loss'])),
+                       final_train_loss=float(last['train_loss']))
+        if status == 'ok' and not np.isfinite(outcome['held_out_loss']):
+            outcome.update(status='diverged', error='non-finite held-out loss', diverged_epoch=len(history))
+        if tta_top1 is not None:
+            outcome[f'held_out_{_tta_key(tta)}'] = tta_top1
+    solving = [h for h in history if h.get('eval_solver_nstep') is not None]
+    if solving:
+        outcome.update(nstep_first=float(solving[0]['eval_solver_nstep']),
+                       nstep_last=float(solving[-1]['eval_solver_nstep']),
+                       residual_first=float(solving[0]['eval_solver_rel_residual']),
+                       residual_last=float(solving[-1]['eval_solver_rel_residual']))
+    atomic_write_text(path, json.dumps(plain(outcome), indent=2) + '\n')
+    return outcome
 
-    if result['status'] == 'ok':
-        nsteps: List[float] = []
-        hook = model.register_forward_hook(lambda m, i, o: nsteps.append(mean_solver_steps(m))) if is_deq else None
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='DEQ solver did not reach')
-            try:
-                metrics = evaluate(model, eval_loader, ctx)
-            except FloatingPointError as e:
-                result.update(status='diverged', error=str(e).split(';')[0], diverged_at=num_updates)
-                metrics = None
-        if hook is not None:
-            hook.remove()
-        if metrics is not None:
-            if not math.isfinite(metrics['loss']):
-                result.update(status='diverged', error='non-finite held-out loss', diverged_at=num_updates)
-            result.update(held_out_top1=metrics['top1'], held_out_loss=metrics['loss'],
-                          held_out_images=metrics['samples'])
-            if nsteps:
-                result['held_out_nstep'] = float(np.mean(nsteps))
-    last_train = [p for p in curve if 'train_loss' in p]
-    if last_train:
-        result['final_train_loss'] = last_train[-1]['train_loss']
-    result['curve'] = curve
-    result['recipe'] = asdict(recipe)
-    return result
+
+def _tta_key(mode: str) -> str:
+    return f"tta_{mode.replace('-', '_')}_top1"
+
+
+def _tta_top1(run, run_dir: Path, mode: str) -> float:
+    """The last epoch's weights (the EMA's when kept, as for the plain figure; a finished run holds its best
+    epoch's, for export) on the run's held-out images, with TTA."""
+    from ..training import evaluate, load_checkpoint_file
+    checkpoint = load_checkpoint_file(run_dir / LAST_CHECKPOINT)
+    model = run.model_ema.module if run.model_ema is not None else run.model
+    model.load_state_dict(checkpoint['state_dict_ema' if run.model_ema is not None else 'state_dict'])
+    return evaluate(model, run.eval_loader, run.ctx, run.amp_dtype, tta=mode)['tta_top1']
+
+
+def pooled_std(groups: Sequence[Sequence[float]]) -> Optional[float]:
+    """Seed-to-seed standard deviation pooled over groups (configurations) of two or more seeds."""
+    groups = [np.asarray(g, dtype=float) for g in groups if len(g) > 1]
+    dof = sum(len(g) - 1 for g in groups)
+    if not dof:
+        return None
+    return float(np.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof))
 
 
 # ----------------------------------------------------------------------------------------------
 # Command-line flags shared by stability and sweep
 
-
 def add_recipe_arguments(parser, cpu_defaults: Dict[str, Any], cuda_defaults: Dict[str, Any]) -> None:
-    """Recipe and data flags; those left out take ``cpu_defaults``, or ``cuda_defaults`` with --device cuda."""
+    """Flags that set train.py's recipe for every run; those left out take the defaults below."""
     def default(key):
         return f"(default: {cpu_defaults[key]} on CPU, {cuda_defaults[key]} with --device cuda)"
     parser.add_argument('--device', default='cpu', help='cpu or cuda (default: %(default)s); cuda grows the defaults')
-    parser.add_argument('--epochs', type=int, default=None, help='epochs of the short recipe ' + default('epochs'))
+    parser.add_argument('--epochs', type=int, default=None, help='epochs of every run ' + default('epochs'))
     parser.add_argument('--train-subset', type=int, default=None,
                         help='training images, a stratified subset of the training split less the held-out part '
-                             + default('train_subset'))
+                             '(default: all of them)')
     parser.add_argument('--held-out', type=int, default=5000,
                         help='images held out from the training split for accuracy (default: %(default)s)')
     parser.add_argument('--eval-subset', type=int, default=None,
-                        help='how many held-out images to evaluate ' + default('eval_subset'))
+                        help='how many held-out images to evaluate (default: all of them)')
     parser.add_argument('--held-out-seed', type=int, default=42, help='seed of the held-out split (default: %(default)s)')
-    parser.add_argument('--batch-size', type=int, default=128, help='training batch size (default: %(default)s)')
-    parser.add_argument('--momentum', type=float, default=0.9)
-    parser.add_argument('--weight-decay', type=float, default=5e-4)
-    parser.add_argument('--warmup-fraction', type=float, default=0.1, help='share of steps in linear warm-up')
-    parser.add_argument('--smoothing', type=float, default=0.1, help='label smoothing')
-    parser.add_argument('--segments-per-epoch', type=int, default=4,
-                        help='curve points per epoch (loss, DEQ solver iterations; default: %(default)s)')
+    parser.add_argument('--batch-size', type=int, default=None, help="training batch size (default: the recipe's)")
     parser.add_argument('--data-dir', default=None, help='CIFAR-10 folder (default: the usual places, see wt_zoo.data)')
     parser.add_argument('--data-cache', default=None, help='decoded-image cache folder')
-    parser.add_argument('--threads', type=int, default=None, help='torch threads (default: torch.get_num_threads())')
-    parser.add_argument('--resume', action='store_true',
-                        help='keep the finished runs already in --out and run only the missing ones')
+    parser.add_argument('--train-args', default='', metavar='"FLAGS"',
+                        help='further train.py flags for every run, e.g. "--img-size 16 --cutout 8"')
 
 
 def fill_defaults(args, cpu_defaults: Dict[str, Any], cuda_defaults: Dict[str, Any]) -> None:
     """Fill flags left at None from the CPU or CUDA defaults."""
+    import torch
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         raise SystemExit(f'--device {args.device}: CUDA is not available on this machine')
-    if args.threads:
-        torch.set_num_threads(args.threads)
     defaults = cuda_defaults if args.device.startswith('cuda') else cpu_defaults
     for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
 
 
-def recipe_from_args(args, lr: Optional[float] = None) -> Recipe:
-    return Recipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr if lr is None else lr,
-                  momentum=args.momentum, weight_decay=args.weight_decay, warmup_fraction=args.warmup_fraction,
-                  smoothing=args.smoothing, segments_per_epoch=args.segments_per_epoch)
+def recipe_overrides(args) -> List[str]:
+    """train.py flags every run of the bench shares, after the recipe file's own lines (which name the dataset)."""
+    flags = ['--epochs', str(args.epochs), '--val-split-size', str(args.held_out),
+             '--val-split-seed', str(args.held_out_seed), '--device', args.device]
+    for flag, value in (('--train-subset', args.train_subset), ('--eval-subset', args.eval_subset),
+                        ('--batch-size', args.batch_size)):
+        if value is not None:
+            flags += [flag, str(value)]
+    return flags + shlex.split(args.train_args)
 
 
-def subsets_from_args(args, probe: int = 256) -> CifarSubsets:
-    return load_cifar10_subsets(args.train_subset, args.held_out, args.eval_subset, probe=probe,
-                                held_out_seed=args.held_out_seed, data_dir=args.data_dir, cache_dir=args.data_cache)
+def data_flags(args) -> List[str]:
+    """Where the data lies, for every run (not part of a run's definition)."""
+    return [f for flag, value in (('--data-dir', args.data_dir), ('--data-cache', args.data_cache))
+            if value is not None for f in (flag, str(value))]
+
+
+def default_recipe(name: str) -> str:
+    """A recipe in the repository's configs/, as the command line shows it."""
+    return os.path.relpath(REPO_ROOT / 'configs' / name)
+
+
+# ----------------------------------------------------------------------------------------------
+# The regime a results folder was measured in, in words (for the claims table and the guidelines)
+
+def _count(n: Any) -> str:
+    return f'{int(n):,}' if isinstance(n, (int, float)) else str(n)
+
+
+def _data_regime(settings: Dict[str, Any]) -> str:
+    """Training and held-out images; no subset means the whole training split less the held-out part."""
+    held_out = settings.get('held_out') or 5000
+    train = _count(settings['train_subset']) if settings.get('train_subset') else f'all {_count(50000 - held_out)}'
+    evaluated = _count(settings['eval_subset']) if settings.get('eval_subset') else _count(held_out)
+    return f'{train} CIFAR-10 training images; held-out top-1 on {evaluated} images'
+
+
+def _recipes(settings: Dict[str, Any], key: str) -> str:
+    recipes = settings.get(key)
+    recipes = [recipes] if isinstance(recipes, str) else recipes
+    return f" of {', '.join(f'`{Path(r).name}`' for r in recipes)}" if recipes else ''
+
+
+def stability_regime(settings: Dict[str, Any]) -> str:
+    lrs = ', '.join(f'{lr:g}' for lr in settings.get('lrs', []))
+    return (f"{settings.get('epochs', '?')} epochs{_recipes(settings, 'recipes')} on {_data_regime(settings)}, "
+            f"{len(settings.get('seeds', []))} seeds x peak lr {lrs}")
+
+
+def sweep_regime(settings: Dict[str, Any]) -> str:
+    seeds = settings.get('seeds') or [settings.get('seed', '?')]
+    lr = f"peak lr {settings['lr']}" if settings.get('lr') is not None else "the recipe's peak lr"
+    return (f"{settings.get('epochs', '?')} epochs{_recipes(settings, 'recipe')} on {_data_regime(settings)}, "
+            f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}), {lr}, "
+            f"`{settings.get('size', '?')}` architecture")

@@ -1,56 +1,73 @@
-"""``stability``: WT and DEQ twins trained briefly over several seeds and learning rates.
+"""``stability``: WT and DEQ twins trained with the zoo's recipe over several seeds and learning rates.
 
 What it measures, per (model, learning rate): how many runs diverged (non-finite loss or a DEQ
-solve returning NaN/Inf), the spread of final held-out accuracy over seeds, and for DEQs how the
-solver's iterations (and residual) grow during training, tracked on a fixed held-out probe batch
-in eval mode after every segment. Accuracy is on images held out from the training split.
+solve returning NaN/Inf), the spread of the last epoch's held-out accuracy over seeds, and for
+DEQs the solver's iterations and relative residual on the held-out images after every epoch. Each ``--recipes`` file (a train.py config; the twins' recipes differ only in what makes a
+DEQ a DEQ) trains as train.py would, in its own run folder under ``--runs``, with the peak
+learning rate and seed replaced; rerunning the command continues where it stopped.
 """
 import argparse
-from typing import Any, Dict, List, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import yaml
 
-from .common import (Column, ModelSpec, Progress, ResultsFolder, log, markdown_table, parse_model_specs, read_table,
-                     warn_if_busy)
-from .recipe import add_recipe_arguments, fill_defaults, recipe_from_args, subsets_from_args, train_short
+from .common import Column, Progress, ResultsFolder, log, markdown_table, warn_if_busy
+from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, recipe_overrides,
+                     train_outcome)
 
-__all__ = ['add_arguments', 'run', 'summarise']
+__all__ = ['add_arguments', 'run', 'summarise', 'solver_trend']
 
-CPU_DEFAULTS = dict(epochs=2, train_subset=5000, eval_subset=2000, seeds=[0, 1, 2], lrs=[0.05, 0.15, 0.5, 1.5])
-CUDA_DEFAULTS = dict(epochs=10, train_subset=45000, eval_subset=5000, seeds=[0, 1, 2, 3, 4],
-                     lrs=[0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
+CPU_DEFAULTS = dict(epochs=10, seeds=[0, 1, 2], lrs=[0.1, 0.2, 0.5, 1.0])
+CUDA_DEFAULTS = dict(epochs=30, seeds=[0, 1, 2, 3, 4], lrs=[0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--models', nargs='+', default=['wt_resnet_tiny', 'deq_resnet_tiny'],
-                        help="models to train ('name:key=value,...' overrides allowed; default: %(default)s)")
+    parser.add_argument('--recipes', nargs='+', metavar='CONFIG.yaml',
+                        default=[default_recipe('wt_resnet_tiny.c10.yaml'), default_recipe('deq_resnet_tiny.c10.yaml')],
+                        help='train.py recipes of the twins (default: %(default)s)')
     parser.add_argument('--seeds', type=int, nargs='+', default=None,
                         help=f"training seeds (default: {CPU_DEFAULTS['seeds']} on CPU, {CUDA_DEFAULTS['seeds']} on cuda)")
     parser.add_argument('--lrs', type=float, nargs='+', default=None,
                         help=f"peak learning rates (default: {CPU_DEFAULTS['lrs']} on CPU, {CUDA_DEFAULTS['lrs']} on cuda)")
+    parser.add_argument('--runs', default='output/stability', help='parent folder of the run folders (default: %(default)s)')
     parser.add_argument('--out', default='results/stability', help='results folder (default: %(default)s)')
     add_recipe_arguments(parser, CPU_DEFAULTS, CUDA_DEFAULTS)
 
 
-def _run_row(spec: ModelSpec, lr: float, seed: int, result: Dict[str, Any]) -> Dict[str, Any]:
-    curve = result['curve']
-    row: Dict[str, Any] = dict(model=spec.label, family=spec.family, lr=lr, seed=seed, status=result['status'],
-                               diverged_at=result['diverged_at'], held_out_top1=result.get('held_out_top1'),
-                               held_out_loss=result.get('held_out_loss'), final_train_loss=result.get('final_train_loss'),
-                               steps_done=result['steps_done'], train_seconds=result['train_seconds'])
-    probes = [p for p in curve if 'probe_nstep' in p]
-    trains = [p for p in curve if 'train_nstep' in p]
-    if probes:
-        row.update(probe_nstep_start=probes[0]['probe_nstep'], probe_nstep_end=probes[-1]['probe_nstep'],
-                   probe_nstep_growth=probes[-1]['probe_nstep'] - probes[0]['probe_nstep'],
-                   probe_residual_start=probes[0]['probe_rel_residual'],
-                   probe_residual_end=probes[-1]['probe_rel_residual'])
-    if trains:
-        row.update(train_nstep_first=trains[0]['train_nstep'], train_nstep_last=trains[-1]['train_nstep'])
-    if result.get('held_out_nstep') is not None:
-        row['held_out_nstep'] = result['held_out_nstep']
-    row['error'] = result.get('error') or ''
+def _recipe_model(recipe: str) -> str:
+    """The model a recipe trains, without its pretrained tag."""
+    try:
+        model = (yaml.safe_load(Path(recipe).read_text()) or {}).get('model')
+    except (OSError, yaml.YAMLError) as e:
+        raise SystemExit(f'error: cannot read recipe {recipe}: {e}')
+    if not model:
+        raise SystemExit(f'error: recipe {recipe} names no model (a `model:` line)')
+    return str(model).split('.')[0]
+
+
+def _run_row(model: str, lr: float, seed: int, outcome: Dict[str, Any], run_dir: str) -> Dict[str, Any]:
+    from .. import zoo_family
+    row: Dict[str, Any] = dict(model=model, family=zoo_family(model)[0], lr=lr, seed=seed)
+    row.update({k: outcome.get(k) for k in ('status', 'diverged_epoch', 'epochs_done', 'train_images', 'held_out_top1',
+                                            'held_out_loss', 'final_train_loss', 'train_seconds', 'nstep_first',
+                                            'nstep_last', 'residual_first', 'residual_last')})
+    row.update(error=outcome.get('error') or '', run_folder=run_dir)
     return row
+
+
+def _curve_rows(model: str, lr: float, seed: int, outcome: Dict[str, Any]) -> List[Dict[str, Any]]:
+    rows = []
+    for h in outcome['history']:
+        row = dict(model=model, lr=lr, seed=seed, epoch=int(h['epoch']) + 1, train_loss=h['train_loss'],
+                   held_out_top1=h.get('ema_eval_top1', h['eval_top1']))
+        for key, name in (('solver_nstep', 'train_nstep'), ('eval_solver_nstep', 'held_out_nstep'),
+                          ('eval_solver_rel_residual', 'held_out_residual')):
+            if h.get(key) is not None:
+                row[name] = h[key]
+        rows.append(row)
+    return rows
 
 
 def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -70,13 +87,22 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             row.update(top1_mean=float(top1.mean()), top1_std=float(top1.std(ddof=1)) if len(top1) > 1 else 0.0,
                        top1_min=float(top1.min()), top1_max=float(top1.max()),
                        top1_range=float(top1.max() - top1.min()))
-        for key in ('probe_nstep_start', 'probe_nstep_end', 'probe_nstep_growth', 'probe_residual_end',
-                    'train_nstep_first', 'train_nstep_last'):
+        for key in ('nstep_first', 'nstep_last', 'residual_first', 'residual_last'):
             values = [r[key] for r in group if r.get(key) is not None]
             if values:
                 row[f'{key}_mean'] = float(np.mean(values))
         out.append(row)
     return out
+
+
+def solver_trend(row: Dict[str, Any]) -> Optional[Tuple[float, float]]:
+    """A DEQ's solver iterations early and late in training, from a stability summary row: on the held-out
+    images after its first and last epochs, or (results from before the bench trained with the zoo's
+    recipe) on a fixed probe batch before and after training."""
+    for first, last in (('nstep_first_mean', 'nstep_last_mean'), ('probe_nstep_start_mean', 'probe_nstep_end_mean')):
+        if row.get(first) is not None and row.get(last) is not None:
+            return row[first], row[last]
+    return None
 
 
 def plot(runs: List[Dict[str, Any]], curves: List[Dict[str, Any]], out_dir) -> List[str]:
@@ -114,7 +140,7 @@ def plot(runs: List[Dict[str, Any]], curves: List[Dict[str, Any]], out_dir) -> L
     plt.close(fig)
     written.append('stability_accuracy.png')
 
-    deq_models = [m for m in models if any(c['model'] == m and c.get('probe_nstep') is not None for c in curves)]
+    deq_models = [m for m in models if any(c['model'] == m and c.get('held_out_nstep') is not None for c in curves)]
     if deq_models:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for model in deq_models:
@@ -123,19 +149,19 @@ def plot(runs: List[Dict[str, Any]], curves: List[Dict[str, Any]], out_dir) -> L
                 seeds = sorted(set(c['seed'] for c in curves if c['model'] == model and c['lr'] == lr))
                 for s_index, seed in enumerate(seeds):
                     points = [c for c in curves if c['model'] == model and c['lr'] == lr and c['seed'] == seed
-                              and c.get('probe_nstep') is not None]
+                              and c.get('held_out_nstep') is not None]
                     label = f'{model}, lr {lr:g}' if s_index == 0 else None
-                    axes[0].plot([p['step'] for p in points], [p['probe_nstep'] for p in points], color=colour,
+                    axes[0].plot([p['epoch'] for p in points], [p['held_out_nstep'] for p in points], color=colour,
                                  alpha=0.8, lw=1, marker='.', label=label)
-                    axes[1].plot([p['step'] for p in points], [p['probe_rel_residual'] for p in points],
+                    axes[1].plot([p['epoch'] for p in points], [p['held_out_residual'] for p in points],
                                  color=colour, alpha=0.8, lw=1, marker='.')
         axes[0].set_ylabel('solver iterations (mean over stages)')
-        axes[1].set_ylabel('final relative residual (worst stage)')
+        axes[1].set_ylabel('relative residual (worst stage)')
         axes[1].set_yscale('log')
         for ax in axes:
-            ax.set_xlabel('training step')
+            ax.set_xlabel('epoch')
             ax.grid(alpha=0.3)
-        axes[0].set_title('DEQ solver iterations on a fixed held-out batch', fontsize=10)
+        axes[0].set_title('DEQ solver iterations on the held-out images', fontsize=10)
         axes[1].set_title('DEQ residual at the end of the solve', fontsize=10)
         axes[0].legend(fontsize=7)
         fig.tight_layout()
@@ -147,83 +173,70 @@ def plot(runs: List[Dict[str, Any]], curves: List[Dict[str, Any]], out_dir) -> L
 
 def run(args, argv: Sequence[str]) -> int:
     fill_defaults(args, CPU_DEFAULTS, CUDA_DEFAULTS)
-    try:
-        specs = parse_model_specs(args.models)
-    except ValueError as e:
-        raise SystemExit(f'error: {e}')
+    models = [_recipe_model(recipe) for recipe in args.recipes]
     folder = ResultsFolder(args.out, 'stability', argv, settings=vars(args))
     warn_if_busy('the seconds per run')
+    shared = recipe_overrides(args)
+    todo = [(recipe, model, lr, seed) for lr in args.lrs for seed in args.seeds
+            for recipe, model in zip(args.recipes, models)]
+    progress = Progress([1.0 if model.startswith('wt') else 4.0 for _, model, _, _ in todo])
     runs: List[Dict[str, Any]] = []
     curves: List[Dict[str, Any]] = []
-    if args.resume:
-        try:
-            runs = read_table(folder.path, 'runs')
-            curves = read_table(folder.path, 'curves')
-        except FileNotFoundError:
-            pass
-    done = {(r['model'], r['lr'], r['seed']) for r in runs}
-    log(f'loading CIFAR-10: {args.train_subset} training images, {args.eval_subset} of {args.held_out} held out ...')
-    data = subsets_from_args(args)
-
-    todo = [(spec, lr, seed) for lr in args.lrs for seed in args.seeds for spec in specs
-            if (spec.label, lr, seed) not in done]
-    progress = Progress([2.0 if spec.family == 'deq' else 1.0 for spec, _, _ in todo])
-    for spec, lr, seed in todo:
-        what = f'{spec.label} lr {lr:g} seed {seed}'
+    for recipe, model, lr, seed in todo:
+        what = f'{model} lr {lr:g} seed {seed}'
         progress.start(what)
-
-        def on_segment(point, what=what):
-            extra = f", DEQ iterations {point['probe_nstep']:.1f}" if 'probe_nstep' in point else ''
-            log(f"    {what}: step {point['step']}, train loss {point['train_loss']:.3f}{extra}")
-
-        result = train_short(lambda spec=spec: spec.create('cpu', num_classes=10), data,
-                             recipe_from_args(args, lr=lr), seed, args.device, on_segment)
-        row = _run_row(spec, lr, seed, result)
+        run_dir = f'{args.runs}/{model}-lr{lr:g}-seed{seed}'
+        flags = ['--config', recipe, '--lr', str(lr), '--seed', str(seed), *shared]
+        outcome = train_outcome(run_dir, flags, data_flags(args))
+        row = _run_row(model, lr, seed, outcome, run_dir)
         runs.append(row)
-        curves.extend(dict(model=spec.label, lr=lr, seed=seed, **point) for point in result['curve'])
+        curves.extend(_curve_rows(model, lr, seed, outcome))
         folder.write_table('runs', runs)
         folder.write_table('curves', curves)
-        outcome = (f"held-out top-1 {row['held_out_top1']:.2f}%" if row['status'] == 'ok'
-                   else f"DIVERGED after update {row['diverged_at']}")
-        progress.finish(f'{what}: {outcome} ({row["train_seconds"]:.0f} s)')
+        result = (f"held-out top-1 {row['held_out_top1']:.2f}%" if row['status'] == 'ok'
+                  else f"DIVERGED in epoch {row['diverged_epoch'] + 1}: {row['error']}")
+        if row.get('nstep_last') is not None:
+            result += f", DEQ iterations {row['nstep_first']:.1f} -> {row['nstep_last']:.1f}"
+        progress.finish(f'{what}: {result} ({row["train_seconds"]:.0f} s)')
 
     summary = summarise(runs)
     folder.write_table('summary', summary)
     plots = plot(runs, curves, folder.path)
-    sections = format_sections(runs, summary, plots, args, data)
+    sections = format_sections(runs, summary, plots, args)
     readme = folder.finish('Stability: weight-tied vs DEQ twins over seeds and learning rates', sections)
     print(sections[1])
     log(f'wrote {readme.parent}/ (README.md, runs/curves/summary .csv and .json, plots, run.json)')
     return 0
 
 
-def format_sections(runs, summary, plots, args, data) -> List[str]:
+def format_sections(runs, summary, plots, args) -> List[str]:
     pct = '{:.2f}'
     summary_cols = [
         Column('model', 'model'), Column('lr', 'peak lr', '{:g}'), Column('runs', 'runs'),
         Column('diverged', 'diverged'), Column('top1_mean', 'held-out top-1 mean (%)', pct),
         Column('top1_std', 'std', pct), Column('top1_min', 'min', pct), Column('top1_max', 'max', pct),
-        Column('probe_nstep_start_mean', 'DEQ iterations at start', '{:.1f}'),
-        Column('probe_nstep_end_mean', 'DEQ iterations at end', '{:.1f}'),
-        Column('probe_residual_end_mean', 'DEQ residual at end', '{:.3g}'),
+        Column('nstep_first_mean', 'DEQ iterations after epoch 1', '{:.1f}'),
+        Column('nstep_last_mean', 'DEQ iterations, last epoch', '{:.1f}'),
+        Column('residual_last_mean', 'DEQ residual, last epoch', '{:.3g}'),
     ]
     run_cols = [
         Column('model', 'model'), Column('lr', 'peak lr', '{:g}'), Column('seed', 'seed'), Column('status', 'status'),
-        Column('diverged_at', 'diverged after update'), Column('held_out_top1', 'held-out top-1 (%)', pct),
-        Column('final_train_loss', 'last train loss', '{:.3f}'),
-        Column('probe_nstep_start', 'DEQ its start', '{:.1f}'), Column('probe_nstep_end', 'DEQ its end', '{:.1f}'),
-        Column('train_seconds', 'seconds', '{:.0f}'),
+        Column('diverged_epoch', 'diverged in epoch', lambda v: str(int(v) + 1)),
+        Column('held_out_top1', 'held-out top-1 (%)', pct), Column('final_train_loss', 'last train loss', '{:.3f}'),
+        Column('nstep_first', 'DEQ its first', '{:.1f}'), Column('nstep_last', 'DEQ its last', '{:.1f}'),
+        Column('residual_last', 'DEQ residual last', '{:.3g}'), Column('train_seconds', 'seconds', '{:.0f}'),
     ]
-    recipe = recipe_from_args(args, lr=0.0)
-    text = (f'Recipe: {recipe.epochs} epoch(s) over {len(data.train)} training images (a stratified subset of the '
-            f'CIFAR-10 training split less {args.held_out} held-out images, held-out seed {args.held_out_seed}), batch '
-            f'{recipe.batch_size}, SGD Nesterov momentum {recipe.momentum}, weight decay {recipe.weight_decay}, '
-            f'{100 * recipe.warmup_fraction:.0f}% linear warm-up then cosine decay, label smoothing '
-            f'{recipe.smoothing}, crop + flip; accuracy on {len(data.held_out)} held-out images. Diverged: the loss '
-            'became NaN/Inf, or a DEQ solve returned non-finite values. DEQ iterations are measured in eval mode on '
-            f'a fixed batch of {len(data.probe)} held-out images, before training and after every '
-            f'{1 / recipe.segments_per_epoch:g} epoch; the models use their default settings unless the command says '
-            'otherwise.')
+    first = runs[0]
+    recipes = ', '.join(f'`{r}`' for r in args.recipes)
+    text = (f'Recipes: {recipes} (twins: every line shared but what makes a DEQ a DEQ) for {args.epochs} epochs '
+            f"over {first['train_images']:,} training images (the CIFAR-10 training split less "
+            f'{args.held_out:,} held-out images, held-out seed {args.held_out_seed}), with the peak learning rate and '
+            f'the seed replaced' + (f', extra train.py flags `{args.train_args}`' if args.train_args else '') + '. '
+            "Accuracy: the last epoch's weights (the EMA's where the recipe keeps one) on the held-out images, never "
+            'the test split. Diverged: the loss became NaN/Inf, or a DEQ solve returned non-finite values. DEQ '
+            'iterations and relative residual (worst stage, mean over batches) are measured on the held-out images '
+            'at the end of every epoch; evaluation solves even after an unrolled warm-up epoch, whose training '
+            'does not.')
     sections = [text, '## Per model and learning rate\n\n' + markdown_table(summary, summary_cols)]
     sections += [f'![{p}]({p})' for p in plots]
     sections.append('## Every run\n\n' + markdown_table(runs, run_cols))

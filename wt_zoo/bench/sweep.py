@@ -1,37 +1,46 @@
-"""``sweep``: depth x width x mask density (and mask kind and mode) on one short fixed CIFAR-10 recipe.
+"""``sweep``: depth x width x mask density (and mask kind and mode), each trained with the zoo's recipe.
 
 The grid: dense weight-tied models over ``--depths`` x ``--widths`` (plus ``--dense-extra`` points,
 e.g. ``16x32`` to match ``4x64`` in FLOPs), and sparse-mask models at ``--mask-width`` for every
 ``--mask-depths`` x ``--densities`` (unstructured, a distinct mask per iteration), plus the other
 ``--mask-kinds`` and ``--mask-modes`` at density 0.5 at the first mask depth. Every model uses the
-architecture of ``--size`` (stages, stem stride) with depth and width overridden. Accuracy is on
-images held out from the training split; parameters and (effective) FLOPs come from
-:func:`wt_zoo.profile.profile_model`.
+architecture of ``--size`` (stages, stem stride) with depth and width overridden, and trains with
+``--recipe`` (a train.py config, the fast recipe by default) for ``--epochs`` on the training split
+less the held-out part, once per ``--seeds`` seed. Accuracy is the last epoch's on the held-out
+images (never the test split); the seeds give each configuration a mean and the sweep its
+resolution, twice the seed-to-seed standard deviation pooled over configurations. Parameters and
+(effective) FLOPs come from :func:`wt_zoo.profile.profile_model`.
 
-The default grid is sized for 2 CPU cores in under an hour (``--dry-run`` prints the grid and a
-time estimate calibrated on those cores); ``--device cuda`` grows it.
+Every run is a train.py run in its own folder under ``--runs``; rerunning the command continues
+where it stopped (an unfinished run resumes from its checkpoint, a finished one is never rerun).
+``--dry-run`` prints the grid and a time estimate calibrated on the 2-core CPUs.
 """
 import argparse
 import math
 from typing import Any, Dict, List, Sequence, Tuple
 
-from .common import Column, ModelSpec, Progress, ResultsFolder, log, markdown_table, read_table, warn_if_busy
-from .recipe import add_recipe_arguments, fill_defaults, recipe_from_args, subsets_from_args, train_short
+import numpy as np
 
-__all__ = ['add_arguments', 'run', 'build_grid', 'SweepConfig', 'pareto_front', 'plot']
+from .common import Column, ModelSpec, Progress, ResultsFolder, log, markdown_table, warn_if_busy
+from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, model_kwargs_flags, pooled_std,
+                     recipe_overrides, train_outcome)
+
+__all__ = ['add_arguments', 'run', 'build_grid', 'SweepConfig', 'pareto_front', 'plot', 'aggregate']
 
 CPU_DEFAULTS = dict(
-    epochs=2, train_subset=10000, eval_subset=5000, depths=[2, 4, 8], widths=[32, 48, 64], dense_extra=['16x32'],
+    epochs=15, seeds=[0, 1], depths=[2, 4, 8], widths=[32, 48, 64], dense_extra=['16x32'],
     densities=[0.25, 0.5, 0.75], mask_depths=[4, 8], mask_width=48, mask_kinds=['2:4', 'channel'],
     mask_modes=['shared'],
 )
 CUDA_DEFAULTS = dict(
-    epochs=15, train_subset=45000, eval_subset=5000, depths=[2, 4, 8, 12, 16], widths=[32, 48, 64, 96],
+    epochs=40, seeds=[0, 1, 2], depths=[2, 4, 8, 12, 16], widths=[32, 48, 64, 96],
     dense_extra=['32x32'], densities=[0.125, 0.25, 0.5, 0.75], mask_depths=[4, 8, 16], mask_width=48,
     mask_kinds=['2:4', 'channel'], mask_modes=['shared'],
 )
-# anchors.md: the tiny WT model (0.0891 GFLOPs/img, fvcore) trains a 50k-image epoch in ~145 s on the 2-core CPUs
-CPU_SECONDS_PER_IMAGE_GFLOP = 145 / 50000 / 0.0891
+# results/time_to_accuracy: wt_resnet_tiny (0.0891 GFLOPs/img, fvcore) trains ~1030 img/s under the fast recipe
+# (bf16 autocast) on the 2-core CPUs
+CPU_SECONDS_PER_IMAGE_GFLOP = 1 / 1030 / 0.0891
+TRAIN_IMAGES = 50000  # the CIFAR-10 training split, before the held-out part is taken out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='other mask kinds, at density 0.5 and the first mask depth ' + default('mask_kinds'))
     parser.add_argument('--mask-modes', nargs='*', default=None,
                         help='other mask modes, at density 0.5 and the first mask depth ' + default('mask_modes'))
-    parser.add_argument('--lr', type=float, default=0.15, help='peak learning rate (default: %(default)s)')
-    parser.add_argument('--seed', type=int, default=0, help='training seed (default: %(default)s)')
+    parser.add_argument('--recipe', default=default_recipe('wt_resnet_tiny.c10.yaml'), metavar='CONFIG.yaml',
+                        help='train.py recipe every configuration trains with (default: %(default)s)')
+    parser.add_argument('--lr', type=float, default=None, help="peak learning rate (default: the recipe's)")
+    parser.add_argument('--seeds', type=int, nargs='+', default=None, help='training seeds ' + default('seeds'))
+    parser.add_argument('--runs', default='output/sweep', help='parent folder of the run folders (default: %(default)s)')
     parser.add_argument('--out', default='results/sweep', help='results folder (default: %(default)s)')
     parser.add_argument('--dry-run', action='store_true', help='print the grid and a time estimate, train nothing')
     add_recipe_arguments(parser, CPU_DEFAULTS, CUDA_DEFAULTS)
@@ -148,9 +160,30 @@ def _profile(cfg: SweepConfig) -> Dict[str, Any]:
 
 
 def _estimate_seconds(gflops: float, args) -> float:
-    """Rough 2-core CPU time of one config: training plus held-out evaluation (eval ~1/3 of a training image)."""
-    images = args.train_subset * args.epochs + args.eval_subset / 3
-    return CPU_SECONDS_PER_IMAGE_GFLOP * gflops * images + 5.0
+    """Rough 2-core CPU time of one run: training plus two held-out evaluations an epoch (raw and EMA weights,
+    each ~1/3 of a training image)."""
+    train = args.train_subset or TRAIN_IMAGES - args.held_out
+    held_out = args.eval_subset or args.held_out
+    return CPU_SECONDS_PER_IMAGE_GFLOP * gflops * args.epochs * (train + 2 * held_out / 3) + 20.0
+
+
+def aggregate(runs: List[Dict[str, Any]], grid: Sequence['SweepConfig']) -> List[Dict[str, Any]]:
+    """One row per configuration: held-out top-1 mean and std over its finished seeds, in grid order."""
+    rows = []
+    for cfg in grid:
+        group = [r for r in runs if r['config'] == cfg.key]
+        if not group:
+            continue
+        ok = [r for r in group if r['status'] == 'ok']
+        top1 = [r['held_out_top1'] for r in ok]
+        row = {k: group[0][k] for k in (*cfg.as_row(), 'params', 'gflops', 'effective_gflops')}
+        row.update(status='ok' if ok else 'diverged', seeds=len(ok), diverged=len(group) - len(ok),
+                   held_out_top1=float(np.mean(top1)) if top1 else None,
+                   held_out_top1_std=float(np.std(top1, ddof=1)) if len(top1) > 1 else None,
+                   train_seconds=float(np.mean([r['train_seconds'] for r in group])),
+                   train_img_s=float(np.mean([r['train_img_s'] for r in ok])) if ok else None)
+        rows.append(row)
+    return rows
 
 
 def pareto_front(rows: List[Dict[str, Any]], cost_key: str, value_key: str = 'held_out_top1') -> List[Dict[str, Any]]:
@@ -254,78 +287,89 @@ def run(args, argv: Sequence[str]) -> int:
     grid = build_grid(args)
     if not grid:
         raise SystemExit('error: the grid is empty (give --depths and --widths, or --mask-depths)')
-    log(f'{len(grid)} configurations; profiling them with fvcore ...')
+    log(f'{len(grid)} configurations x {len(args.seeds)} seed(s); profiling them with fvcore ...')
     profiles = {cfg.key: _profile(cfg) for cfg in grid}
+    # seed by seed: after the first pass every configuration has a figure, after the second a spread
+    todo = [(cfg, seed) for seed in args.seeds for cfg in grid]
     estimates = {cfg.key: _estimate_seconds(profiles[cfg.key]['gflops'], args) for cfg in grid}
     if args.dry_run or not args.device.startswith('cuda'):
         lines = [f"{cfg.key:<44} {profiles[cfg.key]['params'] / 1e6:6.3f}M params "
-                 f"{profiles[cfg.key]['effective_gflops']:7.4f} eff. GFLOPs  ~{estimates[cfg.key] / 60:5.1f} min"
+                 f"{profiles[cfg.key]['effective_gflops']:7.4f} eff. GFLOPs  ~{estimates[cfg.key] / 60:5.1f} min/run"
                  for cfg in grid]
-        total = sum(estimates.values()) / 60
-        log('\n'.join(lines) + f'\nestimated total on the 2-core CPUs of anchors.md: ~{total:.0f} min '
-            f'({args.epochs} epoch(s) x {args.train_subset} images, {args.eval_subset} held-out images evaluated)')
+        total = sum(estimates[cfg.key] for cfg, _ in todo) / 60
+        log('\n'.join(lines) + f'\nestimated total on the 2-core CPUs: ~{total / 60:.1f} h for {len(todo)} runs '
+            f'({args.epochs} epochs each under {args.recipe}, seeds {args.seeds}); an interrupted sweep continues '
+            'where it stopped when rerun')
         if args.dry_run:
             return 0
 
     folder = ResultsFolder(args.out, 'sweep', argv, settings=vars(args))
     warn_if_busy('the training seconds')
-    rows: List[Dict[str, Any]] = []
-    if args.resume:
-        try:
-            rows = [r for r in read_table(folder.path, 'sweep') if r.get('status') == 'ok']
-        except FileNotFoundError:
-            pass
-    done = {r['config'] for r in rows}
-    log(f'loading CIFAR-10: {args.train_subset} training images, {args.eval_subset} of {args.held_out} held out ...')
-    data = subsets_from_args(args, probe=1)
-    todo = [cfg for cfg in grid if cfg.key not in done]
-    progress = Progress([estimates[cfg.key] for cfg in todo])
-    recipe = recipe_from_args(args)
-    for cfg in todo:
-        progress.start(f'{cfg.key} ({profiles[cfg.key]["effective_gflops"]:.4f} effective GFLOPs)')
+    shared = recipe_overrides(args) + (['--lr', str(args.lr)] if args.lr is not None else [])
+    progress = Progress([estimates[cfg.key] for cfg, _ in todo])
+    runs: List[Dict[str, Any]] = []
+    for cfg, seed in todo:
         spec = cfg.spec()
-        result = train_short(lambda spec=spec: spec.create('cpu', num_classes=10), data, recipe, args.seed,
-                             args.device)
-        train_points = [p for p in result['curve'] if 'train_img_s' in p]
-        row = dict(cfg.as_row(), **profiles[cfg.key], status=result['status'], held_out_top1=result.get('held_out_top1'),
-                   held_out_loss=result.get('held_out_loss'), final_train_loss=result.get('final_train_loss'),
-                   train_seconds=result['train_seconds'], seed=args.seed,
-                   train_img_s=sum(p['train_img_s'] for p in train_points) / len(train_points) if train_points else None,
-                   error=result.get('error') or '')
-        rows = [r for r in rows if r['config'] != cfg.key] + [row]
-        order = {c.key: i for i, c in enumerate(grid)}
-        rows.sort(key=lambda r: order.get(r['config'], len(order)))
+        progress.start(f'{cfg.key} seed {seed} ({profiles[cfg.key]["effective_gflops"]:.4f} effective GFLOPs)')
+        flags = ['--config', args.recipe, '--model', spec.name, *model_kwargs_flags(spec.kwargs_dict()), '--seed',
+                 str(seed), *shared]
+        outcome = train_outcome(f'{args.runs}/{cfg.key}-seed{seed}', flags, data_flags(args))
+        row = dict(cfg.as_row(), **profiles[cfg.key], seed=seed,
+                   **{k: outcome.get(k) for k in ('status', 'held_out_top1', 'held_out_loss', 'final_train_loss',
+                                                  'train_seconds', 'train_img_s', 'epochs_done', 'train_images',
+                                                  'heldout_images', 'lr', 'amp', 'error', 'diverged_epoch')},
+                   run_folder=f'{args.runs}/{cfg.key}-seed{seed}')
+        runs.append(row)
+        folder.write_table('runs', runs)
+        rows = aggregate(runs, grid)
         folder.write_table('sweep', rows)
-        outcome = (f"held-out top-1 {row['held_out_top1']:.2f}%" if row['status'] == 'ok'
-                   else f"DIVERGED: {row['error']}")
-        progress.finish(f'{cfg.key}: {outcome} ({row["train_seconds"]:.0f} s)')
+        outcome_text = (f"held-out top-1 {row['held_out_top1']:.2f}%" if row['status'] == 'ok'
+                        else f"DIVERGED: {row['error']}")
+        progress.finish(f'{cfg.key} seed {seed}: {outcome_text} ({row["train_seconds"]:.0f} s)')
 
+    rows = aggregate(runs, grid)
+    std = pooled_std([[r['held_out_top1'] for r in runs if r['config'] == cfg.key and r['status'] == 'ok']
+                      for cfg in grid])
     plots = plot(rows, folder.path)
-    sections = format_sections(rows, plots, args, data, recipe)
-    readme = folder.finish('Sweep: depth x width x mask density on a short CIFAR-10 recipe', sections)
+    sections = format_sections(rows, runs, std, plots, args)
+    readme = folder.finish('Sweep: depth x width x mask density under the zoo\'s recipe', sections,
+                           extra=dict(seed_std_pooled=std, resolution=2 * std if std is not None else None))
     print(sections[1])
-    log(f'wrote {readme.parent}/ (README.md, sweep.csv/.json, plots, run.json); '
+    log(f'wrote {readme.parent}/ (README.md, sweep/runs .csv and .json, plots, run.json); '
         f'docs: python -m wt_zoo.bench guidelines --sweep-results {args.out}')
     return 0
 
 
-def format_sections(rows, plots, args, data, recipe) -> List[str]:
+def format_sections(rows, runs, std, plots, args) -> List[str]:
     cols = [
         Column('config', 'configuration'), Column('depth', 'depth'), Column('width', 'width'),
         Column('mask_density', 'density', '{:g}'), Column('mask_kind', 'mask kind'), Column('mask_mode', 'mask mode'),
         Column('params', 'params (M)', lambda v: f'{v / 1e6:.3f}'), Column('gflops', 'GFLOPs', '{:.4f}'),
         Column('effective_gflops', 'effective GFLOPs', '{:.4f}'),
-        Column('held_out_top1', 'held-out top-1 (%)', '{:.2f}'), Column('status', 'status'),
-        Column('train_seconds', 'train s', '{:.0f}'),
+        Column('held_out_top1', 'held-out top-1 (%)', '{:.2f}'), Column('held_out_top1_std', 'std', '{:.2f}'),
+        Column('seeds', 'seeds'), Column('diverged', 'diverged'), Column('train_seconds', 'train s / run', '{:.0f}'),
     ]
-    text = (f'Recipe (the same for every configuration): {recipe.epochs} epoch(s) over {len(data.train)} training '
-            f'images (a stratified subset of the CIFAR-10 training split less {args.held_out} held-out images, '
-            f'held-out seed {args.held_out_seed}), batch {recipe.batch_size}, SGD Nesterov, peak lr {recipe.lr}, '
-            f'{100 * recipe.warmup_fraction:.0f}% warm-up then cosine, weight decay {recipe.weight_decay}, label '
-            f'smoothing {recipe.smoothing}, crop + flip, training seed {args.seed}; accuracy on {len(data.held_out)} '
-            f'held-out images (never the test split). Architecture: `{args.size}` with depth and width overridden. '
-            'FLOPs: fvcore (one multiply-add = one flop), per 32x32 image; effective FLOPs scale each masked conv '
-            'by its mask density.')
+    first = runs[0]
+    lr = f'peak lr {args.lr}' if args.lr is not None else f"the recipe's peak lr ({first['lr']:g})"
+    text = (f'Recipe (the same for every configuration): `{args.recipe}` for {args.epochs} epochs over '
+            f"{first['train_images']:,} training images (the CIFAR-10 training split less {args.held_out:,} held-out "
+            f'images, held-out seed {args.held_out_seed}), {lr}, seeds {", ".join(map(str, args.seeds))}'
+            + (f', extra train.py flags `{args.train_args}`' if args.train_args else '') + '. '
+            f"Accuracy: the last epoch's weights (the EMA's where the recipe keeps one) on {first['heldout_images']:,} "
+            'held-out images (never the test split), mean over the seeds that finished. Architecture: '
+            f'`{args.size}` with depth and width overridden. FLOPs: fvcore (one multiply-add = one flop), per 32x32 '
+            'image; effective FLOPs scale each masked conv by its mask density.')
+    if std is not None:
+        text += (f'\n\n**Resolution: {2 * std:.2f} points**, twice the seed-to-seed standard deviation of held-out '
+                 f'top-1 ({std:.2f}) pooled over the configurations with two or more finished seeds. Differences '
+                 'below it are not told apart.')
+    else:
+        text += '\n\nResolution: not measured yet (no configuration has two finished seeds).'
     sections = [text, '## Results\n\n' + markdown_table(rows, cols)]
     sections += [f'![{p}]({p})' for p in plots]
+    run_cols = [Column('config', 'configuration'), Column('seed', 'seed'), Column('status', 'status'),
+                Column('held_out_top1', 'held-out top-1 (%)', '{:.2f}'),
+                Column('final_train_loss', 'last train loss', '{:.3f}'), Column('train_seconds', 'train s', '{:.0f}'),
+                Column('train_img_s', 'img/s', '{:.0f}'), Column('run_folder', 'run folder')]
+    sections.append('## Every run\n\n' + markdown_table(runs, run_cols))
     return sections

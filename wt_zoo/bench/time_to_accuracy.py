@@ -86,12 +86,8 @@ def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str]) -> 
 
 
 def _train(config: str, plan: Dict[str, Any], run_dir: Path, train_args: List[str]):
-    from ..trainer import TrainingRun, parse_train_args
-    flags = ['--config', config, '--epochs', str(plan['epochs']), '--output', str(run_dir.parent), '--experiment',
-             run_dir.name, '--no-progress', *train_args]
-    if (run_dir / 'last.pth.tar').is_file():
-        flags += ['--resume', str(run_dir)]
-    run = TrainingRun(parse_train_args(flags))
+    from .recipe import open_run
+    run = open_run(run_dir, ['--config', config, '--epochs', str(plan['epochs']), *train_args])
     try:
         run.run()
         return run, _test_top1(run)

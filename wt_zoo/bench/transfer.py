@@ -38,6 +38,7 @@ import torch
 
 from ..training import atomic_write_text, plain
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
+from .recipe import model_kwargs_flags, open_run
 
 __all__ = ['add_arguments', 'run', 'source_checkpoint', 'fresh_head', 'pair_rows', 'readme_section',
            'DEFAULT_MODELS', 'INITS']
@@ -133,25 +134,15 @@ def _subset_tag(train_subset: Optional[int]) -> str:
     return f'n{train_subset}' if train_subset else 'full'
 
 
-def _kwargs_flags(model_kwargs: Dict[str, Any]) -> List[str]:
-    """``--model-kwargs k=v ...`` that train.py parses back to the same values (JSON, which YAML reads, where the
-    plain text would not round-trip, e.g. mask_kind 2:4)."""
-    from ..training import parse_kwargs_value
-    if not model_kwargs:
-        return []
-    return ['--model-kwargs', *(f'{k}={v if parse_kwargs_value(str(v)) == v else json.dumps(v)}'
-                                for k, v in model_kwargs.items())]
-
-
-def _common_flags(plan: Dict[str, Any], budget_dir: Path, init: str) -> List[str]:
-    """train.py flags of one run; the two inits differ only in --pretrained-path and --experiment."""
+def _common_flags(plan: Dict[str, Any], init: str) -> List[str]:
+    """train.py flags of one run, less its folder; the two inits differ only in --pretrained-path."""
     flags = ['--config', plan['recipe'], '--model', plan['model'], '--epochs', str(plan['epochs']),
-             *_kwargs_flags(plan['model_kwargs'])]
+             *model_kwargs_flags(plan['model_kwargs'])]
     if plan['train_subset']:
         flags += ['--train-subset', str(plan['train_subset'])]
     if init == 'pretrained':
         flags += ['--pretrained-path', plan['source']]
-    flags += [*plan['train_args'], '--output', str(budget_dir), '--experiment', init, '--no-progress']
+    flags += plan['train_args']
     if plan.get('amp') is not None:  # the first run's choice, so both runs take the same numeric path
         for name in ('amp', 'channels_last'):
             flag = '--' + name.replace('_', '-')
@@ -202,24 +193,21 @@ def _test_metrics(run, test_subset: Optional[int]) -> Dict[str, Any]:
 def _train(init: str, plan: Dict[str, Any], budget_dir: Path, test_subset: Optional[int],
            provenance: Dict[str, Any]) -> Dict[str, Any]:
     """One run to its end (or read back when finished); returns its results row."""
-    from ..trainer import TrainingRun, parse_train_args
-    from ..training import LAST_CHECKPOINT, describe_hardware
+    from ..training import describe_hardware
     run_dir = budget_dir / init
     result_path = run_dir / RESULT_FILE
     if result_path.is_file():
         log(f'{plan["model"]} {init}: finished in {run_dir}, not retrained')
         return json.loads(result_path.read_text())
-    flags = _common_flags(plan, budget_dir, init)
-    if (run_dir / LAST_CHECKPOINT).is_file():
-        flags += ['--resume', str(run_dir)]
-    run = TrainingRun(parse_train_args(flags))
+    run = open_run(run_dir, _common_flags(plan, init))
     try:
         if plan.get('amp') is None:
             plan.update(amp=run.args.amp, channels_last=run.args.channels_last)
             _write_plan(budget_dir, plan)
         # what ran, as train.py flags (the numeric path as chosen, so a rerun takes the same one)
         shown = dict(plan, recipe=_shown(plan['recipe']), source=_shown(plan['source']))
-        train_py = 'python train.py ' + shlex.join(_common_flags(shown, Path(_shown(budget_dir)), init))
+        train_py = 'python train.py ' + shlex.join([*_common_flags(shown, init), '--output', _shown(budget_dir),
+                                                    '--experiment', init])
         if init == 'pretrained' and run.resumed_from is None:
             fresh_head(run)
         run.run()
