@@ -198,6 +198,20 @@ def test_an_interrupted_bench_run_resumes_to_the_same_outcome(fake_cifar10, data
     assert [h['epoch'] for h in resumed['history']] == [0, 1]
     assert resumed['held_out_top1'] == whole['held_out_top1']
     assert resumed['final_train_loss'] == whole['final_train_loss']
+    # a comment in the recipe changes nothing; a setting does, and the folder refuses to continue
+    Path(recipe).write_text(Path(recipe).read_text() + '# the same recipe\n')
+    assert train_outcome(tmp_path / 'cut', flags, where) == resumed
+    Path(recipe).write_text(Path(recipe).read_text().replace('smoothing: 0.1', 'smoothing: 0.2'))
+    with pytest.raises(SystemExit, match='its recipe file changed'):
+        train_outcome(tmp_path / 'cut', flags, where)
+
+
+def test_pooled_std_weighs_groups_by_their_degrees_of_freedom():
+    from wt_zoo.bench.recipe import pooled_std
+    assert pooled_std([[1.0], [2.0]]) is None  # one seed each: no spread measured
+    assert pooled_std([[0.0, 2.0], [5.0]]) == pytest.approx(math.sqrt(2.0))
+    # sums of squares 2 (1 dof) and 8 (2 dof): sqrt(10 / 3)
+    assert pooled_std([[0.0, 2.0], [1.0, 3.0, 5.0]]) == pytest.approx(math.sqrt(10 / 3))
 
 
 SWEEP_GRID = ['--size', 'tiny', '--depths', '1', '2', '--widths', '16', '--dense-extra', '4x8', '--densities', '0.5',

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+import yaml
 
 from ..training import LAST_CHECKPOINT, atomic_write_text, describe_hardware, parse_kwargs_value, plain
 from .common import REPO_ROOT
@@ -45,9 +46,9 @@ def model_kwargs_flags(model_kwargs: Dict[str, Any]) -> List[str]:
 
 
 def _request(flags: List[str]) -> Dict[str, Any]:
-    """The flags and the recipe file's text: a folder's run is defined by both."""
+    """The flags and the recipe file's settings (its comments aside): a folder's run is defined by both."""
     recipe = flags[flags.index('--config') + 1] if '--config' in flags else None
-    return dict(flags=flags, recipe_text=Path(recipe).read_text() if recipe else None)
+    return dict(flags=flags, recipe=plain(yaml.safe_load(Path(recipe).read_text())) if recipe else None)
 
 
 def _check_request(run_dir: Path, flags: List[str]) -> None:
