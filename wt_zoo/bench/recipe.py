@@ -7,6 +7,7 @@
 never retrained. A run that diverges (NaN/Inf loss, or a DEQ solve returning non-finite values) is
 finished too: divergence is what the stability benchmark counts.
 """
+import contextlib
 import json
 import os
 import shlex
@@ -65,6 +66,18 @@ def _check_request(run_dir: Path, flags: List[str]) -> None:
         atomic_write_text(path, json.dumps(request, indent=2) + '\n')
 
 
+@contextlib.contextmanager
+def _quiet_run(run_dir: Path, flags: Sequence[str]):
+    """open_run, closed afterwards, without the warning an untrained DEQ gives at every unconverged solve."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='DEQ solver did not reach')
+        run = open_run(run_dir, [str(f) for f in flags])
+        try:
+            yield run
+        finally:
+            run.close()
+
+
 def _heldout_top1(row: Dict[str, Any]) -> float:
     return float(row.get('ema_eval_top1', row['eval_top1']))
 
@@ -92,28 +105,19 @@ def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[
         outcome = json.loads(path.read_text())
         if tta == 'none' or outcome['status'] != 'ok' or f'held_out_{_tta_key(tta)}' in outcome:
             return outcome
-        with warnings.catch_warnings():  # a finished run asked for a TTA figure it lacks: its last checkpoint has it
-            warnings.filterwarnings('ignore', message='DEQ solver did not reach')
-            run = open_run(run_dir, [*flags, *map(str, location_flags)])
-            try:
-                outcome[f'held_out_{_tta_key(tta)}'] = _tta_top1(run, run_dir, tta)
-            finally:
-                run.close()
+        with _quiet_run(run_dir, [*flags, *location_flags]) as run:  # a finished run lacking the TTA figure
+            outcome[f'held_out_{_tta_key(tta)}'] = _tta_top1(run, run_dir, tta)  # gets it from its last checkpoint
         atomic_write_text(path, json.dumps(plain(outcome), indent=2) + '\n')
         return outcome
     status, error, diverged_epoch = 'ok', '', None
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='DEQ solver did not reach')
-        run = open_run(run_dir, [*flags, *map(str, location_flags)])
-        tta_top1 = None
+    tta_top1 = None
+    with _quiet_run(run_dir, [*flags, *location_flags]) as run:
         try:
             run.run()
             if tta != 'none':
                 tta_top1 = _tta_top1(run, run_dir, tta)
         except (TrainingStopped, FloatingPointError) as e:  # a DEQ solve returning NaN/Inf raises the latter
             status, error, diverged_epoch = 'diverged', str(e).split(';')[0], len(run.history)
-        finally:
-            run.close()
     history = [plain(row) for row in run.history]
     outcome: Dict[str, Any] = dict(
         status=status, error=error, diverged_epoch=diverged_epoch, epochs=run.num_epochs, epochs_done=len(history),

@@ -313,12 +313,13 @@ def run(args, argv: Sequence[str]) -> int:
         progress.start(f'{cfg.key} seed {seed} ({profiles[cfg.key]["effective_gflops"]:.4f} effective GFLOPs)')
         flags = ['--config', args.recipe, '--model', spec.name, *model_kwargs_flags(spec.kwargs_dict()), '--seed',
                  str(seed), *shared]
-        outcome = train_outcome(f'{args.runs}/{cfg.key}-seed{seed}', flags, data_flags(args))
+        run_dir = f'{args.runs}/{cfg.key}-seed{seed}'
+        outcome = train_outcome(run_dir, flags, data_flags(args))
         row = dict(cfg.as_row(), **profiles[cfg.key], seed=seed,
                    **{k: outcome.get(k) for k in ('status', 'held_out_top1', 'held_out_loss', 'final_train_loss',
                                                   'train_seconds', 'train_img_s', 'epochs_done', 'train_images',
                                                   'heldout_images', 'lr', 'amp', 'error', 'diverged_epoch')},
-                   run_folder=f'{args.runs}/{cfg.key}-seed{seed}')
+                   run_folder=run_dir)
         runs.append(row)
         folder.write_table('runs', runs)
         rows = aggregate(runs, grid)
