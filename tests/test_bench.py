@@ -214,6 +214,17 @@ def test_pooled_std_weighs_groups_by_their_degrees_of_freedom():
     assert pooled_std([[0.0, 2.0], [1.0, 3.0, 5.0]]) == pytest.approx(math.sqrt(10 / 3))
 
 
+
+def test_stability_rows_give_no_std_for_a_single_finished_run():
+    from wt_zoo.bench.recipe import mean_std
+    from wt_zoo.bench.stability import summarise
+    assert mean_std([]) == (None, None) and mean_std([80.0]) == (80.0, None)
+    assert mean_std([80.0, 82.0]) == (81.0, pytest.approx(math.sqrt(2.0)))
+    runs = [dict(model='wt_resnet_tiny', family='wt', lr=0.2, status='ok', held_out_top1=80.0),
+            dict(model='wt_resnet_tiny', family='wt', lr=0.2, status='diverged', held_out_top1=None)]
+    row, = summarise(runs)
+    assert row['runs'] == 2 and row['diverged'] == 1 and row['top1_mean'] == 80.0 and row['top1_std'] is None
+
 SWEEP_GRID = ['--size', 'tiny', '--depths', '1', '2', '--widths', '16', '--dense-extra', '4x8', '--densities', '0.5',
               '--mask-depths', '2', '--mask-width', '16', '--mask-kinds', '2:4', '--mask-modes', 'shared',
               '--epochs', '1', '--seeds', '0', '1', *TINY_DATA]
@@ -347,6 +358,17 @@ def test_time_to_accuracy_bars_need_both_the_accuracy_and_the_minutes():
     assert bar_lines([dict(row, train_minutes=60.5)])[0].endswith('**not met**')
     assert bar_lines([dict(row, test_top1=87.99)])[0].endswith('**not met**')
     assert bar_lines([dict(row, model='wtsm_resnet_tiny.c10')]) == []
+
+
+def test_time_to_accuracy_twin_at_fixed_epochs_keeps_its_plan(tmp_path):
+    from wt_zoo.bench.time_to_accuracy import PLAN_FILE, _plan
+    (tmp_path / PLAN_FILE).write_text(json.dumps(dict(minutes=142.0, epochs=23, epochs_fitting=22)))
+    assert _plan('configs/wtsm_resnet_small.c10.yaml', 142.0, tmp_path, [], epochs=23)['epochs'] == 23
+    assert _plan('configs/wtsm_resnet_small.c10.yaml', 142.0, tmp_path, [])['epochs'] == 23  # resumed as planned
+    with pytest.raises(SystemExit, match='planned for 23 epochs in 142.0 min, not 30 in 142.0'):
+        _plan('configs/wtsm_resnet_small.c10.yaml', 142.0, tmp_path, [], epochs=30)
+    with pytest.raises(SystemExit, match='--epochs must be a positive number'):
+        _plan('configs/wtsm_resnet_small.c10.yaml', 142.0, tmp_path / 'new', [], epochs=0)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..tta import TTA_MODES
 from .common import Column, Progress, ResultsFolder, log, markdown_table, warn_if_busy
-from .recipe import add_recipe_arguments, data_flags, fill_defaults, pooled_std, recipe_overrides, train_outcome
+from .recipe import add_recipe_arguments, data_flags, fill_defaults, mean_std, pooled_std, recipe_overrides, train_outcome
 
 __all__ = ['add_arguments', 'run', 'parse_variant', 'summarise']
 
@@ -77,8 +77,8 @@ def summarise(runs: List[Dict[str, Any]], variants: Sequence[Tuple[str, List[str
         row: Dict[str, Any] = dict(variant=name, flags=shlex.join(flags), seeds=len(group),
                                    diverged=len(everything) - len(group))
         if group:
-            top1 = [r['held_out_top1'] for r in group]
-            row.update(top1_mean=float(np.mean(top1)), top1_std=float(np.std(top1, ddof=1)) if len(top1) > 1 else None,
+            top1_mean, top1_std = mean_std([r['held_out_top1'] for r in group])
+            row.update(top1_mean=top1_mean, top1_std=top1_std,
                        train_minutes=float(np.mean([r['train_seconds'] for r in group])) / 60,
                        train_img_s=float(np.mean([r['train_img_s'] for r in group])))
             tta_values = [r[tta_key] for r in group if r.get(tta_key) is not None]

@@ -304,6 +304,13 @@ def _checkpoint_row(src: Sources, claim_id: str, claim: str, winner: str, loser:
                 f'no published {winner}/{loser} pair trained the same epochs')
 
 
+def _plus_minus(row: Dict[str, Any]) -> str:
+    """A stability row's mean top-1 with its seed std; one finished run has no std to give."""
+    if row.get('top1_std') is None:
+        return f"{row['top1_mean']:.2f} (one run)"
+    return f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f}"
+
+
 def claim_wt_vs_deq_epochs(src: Sources) -> List[Dict[str, Any]]:
     claim = 'WT is more accurate than its DEQ twin at equal parameters and epochs'
     rows = []
@@ -317,8 +324,8 @@ def claim_wt_vs_deq_epochs(src: Sources) -> List[Dict[str, Any]]:
         a, b = max(wt, key=lambda r: r['top1_mean']), max(deq, key=lambda r: r['top1_mean'])
         tol = 2 * max(a.get('top1_std') or 0.0, b.get('top1_std') or 0.0)
         delta = a['top1_mean'] - b['top1_mean']
-        text = (f"{size}, each at its best lr: WT {a['top1_mean']:.2f} ± {a['top1_std']:.2f} (lr {a['lr']:g}) vs DEQ "
-                f"{b['top1_mean']:.2f} ± {b['top1_std']:.2f} (lr {b['lr']:g}) ({delta:+.2f}, resolution {tol:.2f})")
+        text = (f"{size}, each at its best lr: WT {_plus_minus(a)} (lr {a['lr']:g}) vs DEQ "
+                f"{_plus_minus(b)} (lr {b['lr']:g}) ({delta:+.2f}, resolution {tol:.2f})")
         comparisons.append(_cmp(size, text, delta, tol, judge(delta, tol)))
     rows.append(_row('accuracy_wt_vs_deq_epochs', claim, 'stability', 'results/stability/README.md',
                      _stability_regime(src) if comparisons else '', comparisons,

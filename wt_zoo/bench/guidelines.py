@@ -354,7 +354,9 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
         for r in stability:
             text = f"- {r['model']}, lr {r['lr']:g}: {r['diverged']} of {r['runs']} runs diverged"
             if r.get('top1_mean') is not None:
-                text += f"; held-out top-1 {r['top1_mean']:.1f} ± {r.get('top1_std', 0):.1f}"
+                text += f"; held-out top-1 {r['top1_mean']:.1f}"
+                if r.get('top1_std') is not None:
+                    text += f" ± {r['top1_std']:.1f}"
             trend = solver_trend(r)
             if trend is not None:
                 text += f"; DEQ solver iterations {trend[0]:.1f} → {trend[1]:.1f} over training"

@@ -13,7 +13,7 @@ import os
 import shlex
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -158,6 +158,15 @@ def _tta_top1(run, run_dir: Path, mode: str) -> float:
     model = run.model_ema.module if run.model_ema is not None else run.model
     model.load_state_dict(checkpoint['state_dict_ema' if run.model_ema is not None else 'state_dict'])
     return evaluate(model, run.eval_loader, run.ctx, run.amp_dtype, tta=mode)['tta_top1']
+
+
+def mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
+    """Mean and seed-to-seed standard deviation of one group's runs; no std from a single run (not 0: one run
+    says nothing about the spread)."""
+    values = [float(v) for v in values]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else None
 
 
 def pooled_std(groups: Sequence[Sequence[float]]) -> Optional[float]:

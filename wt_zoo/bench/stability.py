@@ -14,8 +14,8 @@ import numpy as np
 import yaml
 
 from .common import Column, Progress, ResultsFolder, log, markdown_table, warn_if_busy
-from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, recipe_overrides,
-                     train_outcome)
+from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, mean_std,
+                     recipe_overrides, train_outcome)
 
 __all__ = ['add_arguments', 'run', 'summarise', 'solver_trend']
 
@@ -80,13 +80,13 @@ def summarise(runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     for model, lr in keys:
         group = [r for r in runs if r['model'] == model and r['lr'] == lr]
         ok = [r for r in group if r['status'] == 'ok' and r.get('held_out_top1') is not None]
-        top1 = np.array([r['held_out_top1'] for r in ok], dtype=float)
+        top1 = [r['held_out_top1'] for r in ok]
         row: Dict[str, Any] = dict(model=model, family=group[0]['family'], lr=lr, runs=len(group),
                                    diverged=sum(r['status'] == 'diverged' for r in group))
-        if len(top1):
-            row.update(top1_mean=float(top1.mean()), top1_std=float(top1.std(ddof=1)) if len(top1) > 1 else 0.0,
-                       top1_min=float(top1.min()), top1_max=float(top1.max()),
-                       top1_range=float(top1.max() - top1.min()))
+        if top1:
+            top1_mean, top1_std = mean_std(top1)
+            row.update(top1_mean=top1_mean, top1_std=top1_std, top1_min=min(top1), top1_max=max(top1),
+                       top1_range=max(top1) - min(top1))
         for key in ('nstep_first', 'nstep_last', 'residual_first', 'residual_last'):
             values = [r[key] for r in group if r.get(key) is not None]
             if values:

@@ -22,8 +22,8 @@ from typing import Any, Dict, List, Sequence, Tuple
 import numpy as np
 
 from .common import Column, ModelSpec, Progress, ResultsFolder, log, markdown_table, warn_if_busy
-from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, model_kwargs_flags, pooled_std,
-                     recipe_overrides, train_outcome)
+from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, mean_std, model_kwargs_flags,
+                     pooled_std, recipe_overrides, train_outcome)
 
 __all__ = ['add_arguments', 'run', 'build_grid', 'SweepConfig', 'pareto_front', 'plot', 'aggregate']
 
@@ -175,11 +175,10 @@ def aggregate(runs: List[Dict[str, Any]], grid: Sequence['SweepConfig']) -> List
         if not group:
             continue
         ok = [r for r in group if r['status'] == 'ok']
-        top1 = [r['held_out_top1'] for r in ok]
+        top1_mean, top1_std = mean_std([r['held_out_top1'] for r in ok])
         row = {k: group[0][k] for k in (*cfg.as_row(), 'params', 'gflops', 'effective_gflops')}
         row.update(status='ok' if ok else 'diverged', seeds=len(ok), diverged=len(group) - len(ok),
-                   held_out_top1=float(np.mean(top1)) if top1 else None,
-                   held_out_top1_std=float(np.std(top1, ddof=1)) if len(top1) > 1 else None,
+                   held_out_top1=top1_mean, held_out_top1_std=top1_std,
                    train_seconds=float(np.mean([r['train_seconds'] for r in group])),
                    train_img_s=float(np.mean([r['train_img_s'] for r in ok])) if ok else None)
         rows.append(row)

@@ -36,6 +36,9 @@ BARS = {'wt_resnet_tiny.c10': (88.0, 60.0), 'wt_resnet_small.c10': (90.0, 150.0)
 def add_arguments(parser) -> None:
     parser.add_argument('configs', nargs='+', metavar='CONFIG.yaml', help='train.py recipes (twins), run one after another')
     parser.add_argument('--minutes', type=float, required=True, help='training wall-clock budget per recipe')
+    parser.add_argument('--epochs', type=int, default=None,
+                        help='train exactly this many epochs instead of what fits --minutes: a twin at the epochs '
+                             'of a run already measured (the summary then reports the minutes it took against the budget)')
     parser.add_argument('--thresholds', type=float, nargs='+', default=[80, 85, 88, 90],
                         help='held-out top-1 levels whose time to reach is reported')
     parser.add_argument('--runs', default='output/time_to_accuracy', help='parent folder of the run folders')
@@ -64,22 +67,27 @@ def curve_rows(model: str, history: Sequence[Dict[str, Any]]) -> List[Dict[str, 
     return rows
 
 
-def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str]) -> Dict[str, Any]:
-    """Epochs that fit the budget, measured once and kept in the run folder so a resumed run keeps them."""
+def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str],
+          epochs: Optional[int] = None) -> Dict[str, Any]:
+    """Epochs that fit the budget (or the ``epochs`` asked for), measured once and kept in the run folder so a
+    resumed run keeps them."""
     from .budget import measure
+    if epochs is not None and epochs < 1:
+        raise SystemExit(f'error: --epochs must be a positive number of epochs, got {epochs}')
     path = run_dir / PLAN_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved['minutes'] != minutes:
-            raise SystemExit(f'error: {run_dir} was planned for {saved["minutes"]} min, not {minutes}; '
-                             'use another --runs folder or the same --minutes')
+        if saved['minutes'] != minutes or (epochs is not None and saved['epochs'] != epochs):
+            raise SystemExit(f'error: {run_dir} was planned for {saved["epochs"]} epochs in {saved["minutes"]} min, '
+                             f'not {epochs if epochs is not None else "what fits"} in {minutes}; '
+                             'use another --runs folder or the same --minutes and --epochs')
         return saved
     row = measure(config, train_args)
-    epochs = math.floor(minutes * 60 / row['train_seconds_per_epoch'])
-    if epochs < 1:
+    fitted = math.floor(minutes * 60 / row['train_seconds_per_epoch'])
+    if epochs is None and fitted < 1:
         raise SystemExit(f'error: {minutes} min fit no epoch of {config} '
                          f'({row["train_seconds_per_epoch"]:.0f} s per epoch here)')
-    plan = dict(row, minutes=minutes, epochs=epochs)
+    plan = dict(row, minutes=minutes, epochs=epochs if epochs is not None else fitted, epochs_fitting=fitted)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(plain(plan), indent=2) + '\n')
     return plan
@@ -175,8 +183,10 @@ def run(args, argv) -> int:
     for config in args.configs:
         name = Path(config).stem
         run_dir = Path(args.runs) / name
-        plan = _plan(config, args.minutes, run_dir, train_args)
-        log(f'{name}: {plan["epochs"]} epochs planned for {args.minutes} min '
+        plan = _plan(config, args.minutes, run_dir, train_args, args.epochs)
+        asked = '' if plan['epochs'] == plan.get('epochs_fitting', plan['epochs']) else \
+            f' ({plan["epochs_fitting"]} would fit; the epochs were fixed with --epochs)'
+        log(f'{name}: {plan["epochs"]} epochs planned for {args.minutes} min{asked} '
             f'({plan["train_seconds_per_epoch"]:.1f} s per epoch, amp {plan["amp"]}, channels_last {plan["channels_last"]})')
         trained, test_top1 = _train(config, plan, run_dir, train_args)
         points = curve_rows(trained.args.model, trained.history)
