@@ -325,6 +325,31 @@ def test_ablation_variants_are_named_words(tmp_path, capsys):
                     '--out', str(tmp_path / 'out')])
 
 
+def test_deq_solver_solves_further_only_when_asked_and_never_reads_test(tmp_path):
+    out = tmp_path / 'deq_solver'
+    assert bench_main(['deq-solver', 'deq_resnet_tiny.c10', '--eval-f-max-iter', '0', '20', '--eval-subset', '32',
+                       '--out', str(out)]) == 0
+    rows = check_tables(out, 'solver')['solver']
+    check_provenance(out, 'deq-solver')
+    trained_cap, further = rows
+    assert trained_cap['solver_cap'] == 12 and trained_cap['solver_nstep'] <= 12
+    assert further['solver_cap'] == 20 and 12 < further['solver_nstep'] <= 20  # f_tol 1e-3 is not reached in 12
+    assert further['solver_rel_residual'] <= trained_cap['solver_rel_residual']
+    assert {r['split'] for r in rows} == {'val'} and {r['samples'] for r in rows} == {32}
+
+
+def test_deq_solver_needs_a_held_out_split(tmp_path):
+    from wt_zoo.bench.deq_solver import choose, held_out_flags
+    (tmp_path / 'train_args.yaml').write_text('dataset: cifar10\nval_split_size: 0\n')
+    with pytest.raises(SystemExit, match='held nothing out of its training split'):
+        held_out_flags(tmp_path)
+    (tmp_path / 'train_args.yaml').write_text('dataset: cifar10\nval_split_size: 5000\nval_split_seed: 7\n')
+    assert held_out_flags(tmp_path) == ['--dataset', 'cifar10', '--split', 'val', '--val-split-size', '5000',
+                                        '--val-split-seed', '7']
+    rows = [dict(top1=80.0, solver_nstep=12.0), dict(top1=80.0, solver_nstep=24.0), dict(top1=79.0, solver_nstep=6.0)]
+    assert choose(rows) is rows[0]  # the cheaper of the two best
+
+
 def test_guidelines_without_sweep_results_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match='run `python -m wt_zoo.bench sweep` first'):
         bench_main(['guidelines', '--sweep-results', str(tmp_path / 'missing'), '--out', str(tmp_path / 'g.md')])

@@ -115,6 +115,7 @@ def test_bad_mask_settings(kwargs, match):
     (dict(b_solver='lbfgs'), r"unknown b_solver 'lbfgs'; valid choices: anderson, broyden, fixed_point_iter"),
     (dict(grad_mode='exact'), r"unknown grad_mode 'exact'; valid choices: implicit, phantom"),
     (dict(f_max_iter=0), r'f_max_iter must be a positive integer'),
+    (dict(eval_f_max_iter=-1), r'eval_f_max_iter must be a non-negative integer \(0: f_max_iter\)'),
 ])
 def test_bad_solver_settings(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -349,6 +350,20 @@ def test_deq_that_misses_tolerance_warns_once_and_returns_its_best_iterate():
     assert len(relevant) == len(model.implicit_layers()), 'one warning per stage, not one per forward'
     assert all(not s['converged'] and s['nstep'] <= 2 for s in model.solver_stats.values())
     assert all(torch.isfinite(out).all() for out in outputs)
+
+
+def test_deq_eval_f_max_iter_caps_the_solver_at_evaluation_only():
+    model = create('deq_resnet_tiny', f_solver='fixed_point_iter', f_max_iter=2, f_tol=1e-8, eval_f_max_iter=5)
+    images = torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', RuntimeWarning)  # f_tol 1e-8 is out of reach on purpose
+        model.train()
+        model(images)
+        assert all(s['nstep'] <= 2 for s in model.solver_stats.values())
+        model.eval()
+        with torch.no_grad():
+            model(images)
+    assert all(2 < s['nstep'] <= 5 for s in model.solver_stats.values())
 
 
 def test_deq_never_returns_nan_silently():

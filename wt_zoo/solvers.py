@@ -35,7 +35,7 @@ class SolverStats:
 
 
 def check_solver_args(f_solver: str, b_solver: str, grad_mode: str, f_max_iter: int, b_max_iter: int,
-                      f_tol: float, phantom_steps: int, jac_reg_weight: float) -> None:
+                      f_tol: float, phantom_steps: int, jac_reg_weight: float, eval_f_max_iter: int = 0) -> None:
     """Reject bad DEQ settings early, naming the valid choices."""
     for name, value in (('f_solver', f_solver), ('b_solver', b_solver)):
         if value not in SOLVERS:
@@ -45,6 +45,8 @@ def check_solver_args(f_solver: str, b_solver: str, grad_mode: str, f_max_iter: 
     for name, value in (('f_max_iter', f_max_iter), ('b_max_iter', b_max_iter), ('phantom_steps', phantom_steps)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f'{name} must be a positive integer, got {value!r}')
+    if isinstance(eval_f_max_iter, bool) or not isinstance(eval_f_max_iter, int) or eval_f_max_iter < 0:
+        raise ValueError(f'eval_f_max_iter must be a non-negative integer (0: f_max_iter), got {eval_f_max_iter!r}')
     if not f_tol > 0:
         raise ValueError(f'f_tol must be positive, got {f_tol!r}')
     if not jac_reg_weight >= 0:
@@ -52,12 +54,18 @@ def check_solver_args(f_solver: str, b_solver: str, grad_mode: str, f_max_iter: 
 
 
 def build_deq_core(f_solver: str = 'anderson', f_max_iter: int = 12, f_tol: float = 1e-3, b_solver: str = 'fixed_point_iter',
-                   b_max_iter: int = 12, grad_mode: str = 'phantom', phantom_steps: int = 2) -> torch.nn.Module:
-    """torchdeq's indexing core: solve without grad, then attach IFT or phantom-gradient steps."""
+                   b_max_iter: int = 12, grad_mode: str = 'phantom', phantom_steps: int = 2,
+                   eval_f_max_iter: int = 0) -> torch.nn.Module:
+    """torchdeq's indexing core: solve without grad, then attach IFT or phantom-gradient steps.
+
+    ``eval_f_max_iter`` (0: ``f_max_iter``) caps the solver in eval mode only: a DEQ can be solved further at test
+    time than training could afford, which is what its fixed point promises.
+    """
     return get_deq(
         core='indexing',
         f_solver=f_solver,
         f_max_iter=f_max_iter,
+        eval_f_max_iter=eval_f_max_iter,
         f_tol=f_tol,
         f_stop_mode='rel',
         b_solver=b_solver,

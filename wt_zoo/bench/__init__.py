@@ -14,6 +14,7 @@ Subcommands, one module each:
 - ``time-to-accuracy``  held-out top-1 against training minutes for twins under one recipe and budget.
 - ``train-speed`` training images/s per numeric path (bf16, channels_last, compile), and what ``auto`` picks.
 - ``transfer``    the .c10 checkpoints fine-tuned on Fashion-MNIST against scratch, same recipe and budget.
+- ``deq-solver``  published DEQ checkpoints at several test-time solver caps on their held-out split.
 - ``claims``      the paper's findings against the committed results files, one row each with a verdict
   (reads results only; trains and times nothing).
 
@@ -27,18 +28,18 @@ from typing import Optional, Sequence
 __all__ = ['main', 'build_parser']
 
 SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'ablation', 'budget', 'time-to-accuracy',
-               'train-speed', 'transfer', 'claims')
+               'train-speed', 'transfer', 'deq-solver', 'claims')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import (ablation, budget, claims, efficiency, guidelines, stability, sweep, time_to_accuracy, train_speed,
-                   transfer)
+    from . import (ablation, budget, claims, deq_solver, efficiency, guidelines, stability, sweep, time_to_accuracy,
+                   train_speed, transfer)
     parser = argparse.ArgumentParser(prog='python -m wt_zoo.bench', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='{' + ','.join(SUBCOMMANDS) + '}')
     for name, module in (('efficiency', efficiency), ('stability', stability), ('sweep', sweep),
                          ('guidelines', guidelines), ('ablation', ablation), ('budget', budget), ('time-to-accuracy', time_to_accuracy),
-                         ('train-speed', train_speed), ('transfer', transfer),
+                         ('train-speed', train_speed), ('transfer', transfer), ('deq-solver', deq_solver),
                          ('claims', claims)):
         doc = module.__doc__.strip()
         sub = subparsers.add_parser(name, help=doc.split('\n')[0].split(': ', 1)[-1], description=doc,

@@ -29,14 +29,15 @@ class EquilibriumImplicit(nn.Module):
 
     def __init__(self, block: nn.Module, f_solver: str = 'anderson', f_max_iter: int = 12, f_tol: float = 1e-3,
                  b_solver: str = 'fixed_point_iter', b_max_iter: int = 12, grad_mode: str = 'phantom',
-                 phantom_steps: int = 2, jac_reg_weight: float = 0.0):
+                 phantom_steps: int = 2, jac_reg_weight: float = 0.0, eval_f_max_iter: int = 0):
         super().__init__()
         self.block = block
         self.f_tol = f_tol
         self.jac_reg_weight = jac_reg_weight
         self.grad_checkpointing = False  # nothing to checkpoint: the solve keeps no graph
         self.deq = build_deq_core(f_solver=f_solver, f_max_iter=f_max_iter, f_tol=f_tol, b_solver=b_solver,
-                                  b_max_iter=b_max_iter, grad_mode=grad_mode, phantom_steps=phantom_steps)
+                                  b_max_iter=b_max_iter, grad_mode=grad_mode, phantom_steps=phantom_steps,
+                                  eval_f_max_iter=eval_f_max_iter)
         self.last_stats: Optional[SolverStats] = None
         self.jac_loss: Optional[torch.Tensor] = None
         self.unrolled_depth = 0  # > 0: train unrolled this many steps instead of solving (warm-up)
@@ -112,13 +113,15 @@ class EquilibriumMixin:
             grad_mode: str = 'phantom',
             phantom_steps: int = 2,
             jac_reg_weight: float = 0.0,
+            eval_f_max_iter: int = 0,
             warmup_depth: int = 6,
             **kwargs,
     ):
         check_depth(warmup_depth, 'warmup_depth')
         self.warmup_depth = warmup_depth
         deq_args = dict(f_solver=f_solver, f_max_iter=f_max_iter, f_tol=f_tol, b_solver=b_solver, b_max_iter=b_max_iter,
-                        grad_mode=grad_mode, phantom_steps=phantom_steps, jac_reg_weight=jac_reg_weight)
+                        grad_mode=grad_mode, phantom_steps=phantom_steps, jac_reg_weight=jac_reg_weight,
+                        eval_f_max_iter=eval_f_max_iter)
         check_solver_args(**deq_args)
         self.deq_args = deq_args
         super().__init__(
