@@ -316,6 +316,21 @@ def test_ablation_compares_variants_to_the_baseline_over_seeds_with_tta_beside(f
     assert 'with flip TTA (%)' in (out / 'README.md').read_text()
 
 
+def test_ablation_tells_a_variant_whose_flags_changed_nothing():
+    from wt_zoo.bench.ablation import IDENTICAL, learning_curve, summarise
+    def run(variant, seed, top1):
+        return dict(variant=variant, seed=seed, status='ok', held_out_top1=top1, train_seconds=60.0, train_img_s=900.0)
+    history = [dict(epoch=0, train_loss=1.5, eval_loss=1.2, eval_top1=55.0, epoch_seconds=47.0)]
+    moved = [dict(history[0], eval_top1=56.0)]
+    runs = [run('base', 0, 55.0), run('noop', 0, 55.0), run('moved', 0, 55.0)]
+    # a different timing is still the same run; a different accuracy anywhere on the curve is not
+    curves = {('base', 0): learning_curve(history), ('noop', 0): learning_curve([dict(history[0], epoch_seconds=50.0)]),
+              ('moved', 0): learning_curve(moved)}
+    rows, _ = summarise(runs, [('base', []), ('noop', ['--model-ema-decay', '0.995']), ('moved', ['--cutout', '8'])],
+                        'none', curves)
+    assert rows[1]['verdict'] == IDENTICAL and rows[2].get('verdict') != IDENTICAL
+
+
 def test_ablation_variants_are_named_words(tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench_main(['ablation', '--recipe', 'configs/wt_resnet_tiny.c10.yaml', '--variant', '--cutout 8'])

@@ -16,7 +16,7 @@ import argparse
 import re
 import shlex
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,6 +29,8 @@ __all__ = ['add_arguments', 'run', 'parse_variant', 'summarise']
 CPU_DEFAULTS = dict(epochs=16, seeds=[0, 1])
 CUDA_DEFAULTS = dict(epochs=40, seeds=[0, 1, 2])
 BETTER, WORSE, UNRESOLVED = 'better', 'worse', 'within resolution'
+IDENTICAL = 'identical runs: the flags changed nothing in training'
+LEARNING_COLUMNS = ('train_loss', 'eval_loss', 'eval_top1', 'ema_eval_loss', 'ema_eval_top1')
 
 
 def parse_variant(text: str) -> Tuple[str, List[str]]:
@@ -62,10 +64,16 @@ def _verdict(delta: float, resolution: float) -> str:
     return BETTER if delta > 0 else WORSE
 
 
-def summarise(runs: List[Dict[str, Any]], variants: Sequence[Tuple[str, List[str]]], tta: str
-              ) -> Tuple[List[Dict[str, Any]], Any]:
+def learning_curve(history: Sequence[Dict[str, Any]]) -> List[List[Any]]:
+    """What a run learned, epoch by epoch (losses and accuracies, no timings): equal curves mean one run twice."""
+    return [[h.get(key) for key in LEARNING_COLUMNS] for h in history]
+
+
+def summarise(runs: List[Dict[str, Any]], variants: Sequence[Tuple[str, List[str]]], tta: str,
+              curves: Optional[Dict[Tuple[str, int], Any]] = None) -> Tuple[List[Dict[str, Any]], Any]:
     """One row per variant (mean and std over its seeds, difference to the baseline with a verdict) and the
-    resolution (twice the pooled seed std; None below two seeds)."""
+    resolution (twice the pooled seed std; None below two seeds). ``curves`` ((variant, seed) -> learning curve)
+    tells a variant that trained exactly as the baseline did, whatever its flags said."""
     tta_key = f"held_out_tta_{tta.replace('-', '_')}_top1"
     groups = {name: [r for r in runs if r['variant'] == name and r['status'] == 'ok'] for name, _ in variants}
     std = pooled_std([[r['held_out_top1'] for r in group] for group in groups.values()])
@@ -96,9 +104,18 @@ def summarise(runs: List[Dict[str, Any]], variants: Sequence[Tuple[str, List[str
         row['delta'] = row['top1_mean'] - base['top1_mean']
         if resolution is not None:
             row['verdict'] = _verdict(row['delta'], resolution)
+        if curves and _same_learning(runs, curves, row['variant'], base['variant']):
+            row['verdict'] = IDENTICAL
         if row.get('tta_top1_mean') is not None and base.get('tta_top1_mean') is not None:
             row['tta_delta'] = row['tta_top1_mean'] - base['tta_top1_mean']
     return rows, resolution
+
+
+def _same_learning(runs: List[Dict[str, Any]], curves: Dict[Tuple[str, int], Any], variant: str, base: str) -> bool:
+    """Every seed of ``variant`` learned exactly what the baseline's run of that seed learned."""
+    seeds = [r['seed'] for r in runs if r['variant'] == variant]
+    return bool(seeds) and all(curves.get((variant, seed)) is not None
+                               and curves[(variant, seed)] == curves.get((base, seed)) for seed in seeds)
 
 
 def run(args, argv: Sequence[str]) -> int:
@@ -115,6 +132,7 @@ def run(args, argv: Sequence[str]) -> int:
     todo = [(name, flags, seed) for seed in args.seeds for name, flags in args.variants]
     progress = Progress([1.0] * len(todo))
     runs: List[Dict[str, Any]] = []
+    curves: Dict[Tuple[str, int], Any] = {}
     for name, flags, seed in todo:
         what = f'{name} seed {seed}'
         progress.start(what)
@@ -123,13 +141,14 @@ def run(args, argv: Sequence[str]) -> int:
                                 data_flags(args), tta=args.tta)
         row = dict(variant=name, seed=seed, run_folder=run_dir)
         row.update((k, v) for k, v in outcome.items() if k not in row and k not in ('history', 'model_kwargs'))
+        curves[(name, seed)] = learning_curve(outcome.get('history', []))
         runs.append(row)
         folder.write_table('runs', runs)
         result = (f"held-out top-1 {row['held_out_top1']:.2f}%" if row['status'] == 'ok'
                   else f"DIVERGED: {row['error']}")
         progress.finish(f'{what}: {result} ({row["train_seconds"]:.0f} s)')
 
-    rows, resolution = summarise(runs, args.variants, args.tta)
+    rows, resolution = summarise(runs, args.variants, args.tta, curves)
     folder.write_table('variants', rows)
     sections = format_sections(rows, runs, resolution, args)
     readme = folder.finish(f'Ablation of `{args.recipe}` on the held-out split', sections,
