@@ -338,8 +338,10 @@ def _front_matter(name: str, config: Dict[str, Any], data: DatasetInfo, val: Dic
 def _iteration_text(model) -> str:
     """How each implicit layer iterates, read off the model config.json builds (so the card states the solver)."""
     if getattr(model, 'deq_args', None):
-        return 'solved to a fixed point with torchdeq, ' + ', '.join(
-            f'{k}={v}' for k, v in model.deq_args.items() if k not in TRAINING_ONLY_MODEL_ARGS)
+        shown = {k: v for k, v in model.deq_args.items() if k not in TRAINING_ONLY_MODEL_ARGS}
+        if not shown.get('eval_f_max_iter'):
+            shown.pop('eval_f_max_iter', None)  # 0: evaluation solves with the training cap, said by f_max_iter
+        return 'solved to a fixed point with torchdeq, ' + ', '.join(f'{k}={v}' for k, v in shown.items())
     per_stage = hasattr(model, 'stages')  # a ResNet; a multi-resolution model has one implicit layer
     text = (f'{model.depth} unrolled iterations {"per stage" if per_stage else "of the block"}, '
             'weights shared across iterations')
