@@ -349,6 +349,14 @@ def test_config_yaml_sets_defaults_and_the_command_line_wins(tmp_path):
     assert args.model_kwargs == {'drop_rate': 0.1, 'norm_groups': 4}
 
 
+def test_a_recipe_switch_can_be_turned_off_from_the_command_line(tmp_path):
+    cfg = tmp_path / 'recipe.yaml'
+    cfg.write_text('model: wt_resnet_tiny\nmodel_ema: true\nmodel_ema_warmup: true\nsched_on_updates: true\n')
+    args = train.parse_args(['--config', str(cfg), '--no-model-ema-warmup', '--no-sched-on-updates'])
+    assert (args.model_ema, args.model_ema_warmup, args.sched_on_updates) == (True, False, False)
+    assert train.parse_args(['--model', 'wt_resnet_tiny', '--model-ema']).model_ema is True
+
+
 def test_model_kwargs_keep_an_n_m_mask_kind_a_string():
     args = train.parse_args(['--model', 'wtsm_resnet_tiny', '--model-kwargs', 'mask_kind=2:4', 'mask_density=0.5',
                              'depth=3', 'solver=anderson'])

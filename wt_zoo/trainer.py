@@ -152,7 +152,8 @@ def build_train_parser() -> argparse.ArgumentParser:
     add('--clip-mode', default='norm', choices=['norm', 'value', 'agc'], help='gradient clipping mode')
     add('--lr', type=float, default=0.1, help='learning rate')
     add('--sched', default='cosine', help='LR schedule (timm create_scheduler_v2 name)')
-    add('--sched-on-updates', action='store_true', help='step the schedule every update, not every epoch')
+    add('--sched-on-updates', action=argparse.BooleanOptionalAction, default=False,
+        help='step the schedule every update, not every epoch')
     add('--min-lr', type=float, default=0., help='lower LR bound')
     add('--warmup-lr', type=float, default=1e-5, help='warmup start LR')
     add('--warmup-epochs', type=float, default=0, help='warmup epochs (fractions allowed with --sched-on-updates)')
@@ -168,10 +169,11 @@ def build_train_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group('EMA')
     add = group.add_argument
-    add('--model-ema', action='store_true', help='keep an EMA of the weights (timm ModelEmaV3); best/exported weights '
+    add('--model-ema', action=argparse.BooleanOptionalAction, default=False, help='keep an EMA of the weights (timm ModelEmaV3); best/exported weights '
         'are the EMA\'s')
     add('--model-ema-decay', type=float, default=0.999, help='EMA decay')
-    add('--model-ema-warmup', action='store_true', help='EMA decay warmup')
+    add('--model-ema-warmup', action=argparse.BooleanOptionalAction, default=False,
+        help='EMA decay warm-up (timm: 1 - (1 + step)^(-2/3), capped by --model-ema-decay)')
 
     group = parser.add_argument_group('Run')
     add = group.add_argument
