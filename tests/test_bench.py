@@ -398,6 +398,10 @@ def test_time_to_accuracy_bars_need_both_the_accuracy_and_the_minutes():
     assert bar_lines([dict(row, train_minutes=60.5)])[0].endswith('**not met**')
     assert bar_lines([dict(row, test_top1=87.99)])[0].endswith('**not met**')
     assert bar_lines([dict(row, model='wtsm_resnet_tiny.c10')]) == []
+    final = dict(row, test_top1=88.1, train_images=50000, whole_train_split=True)
+    held_out, whole = bar_lines([dict(row, test_top1=87.8)], [final])  # both runs are shown, each with its verdict
+    assert 'held out' in held_out and held_out.endswith('**not met**')
+    assert 'all 50,000 training images' in whole and whole.endswith('**met**')
 
 
 def test_time_to_accuracy_twin_at_fixed_epochs_keeps_its_plan(tmp_path):
@@ -437,6 +441,35 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     assert len(json.loads((out / 'summary.json').read_text())) == 1
     with pytest.raises(SystemExit, match=r'was planned for \d+ epochs in 0.2 min'):
         bench_main([*argv[:2], '--minutes', '0.3', *argv[4:]])
+
+
+@pytest.mark.slow
+def test_time_to_accuracy_final_run_trains_on_every_image_and_reports_the_whole_test_split(
+        fake_cifar10, data_cache, tmp_path, monkeypatch):
+    from conftest import REPO_ROOT
+    import wt_zoo.data
+    from wt_zoo.bench import time_to_accuracy
+    monkeypatch.setattr(time_to_accuracy, 'WATCH_IMAGES', 32)
+    create_eval_loader, seen = wt_zoo.data.create_eval_loader, []
+
+    def watching(spec, split, *args, **kwargs):
+        loader = create_eval_loader(spec, split, *args, **kwargs)
+        seen.append((split, loader.dataset_size))
+        return loader
+    monkeypatch.setattr(wt_zoo.data, 'create_eval_loader', watching)
+    out, runs = tmp_path / 'results', tmp_path / 'runs'
+    argv = ['time-to-accuracy', str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml'), '--minutes', '0.2',
+            '--whole-train-split', '--runs', str(runs), '--out', str(out),
+            f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 -b 32 '
+            '--val-split-size 64 --amp off --channels-last off']  # the final run overrides the recipe's split
+    assert bench_main(argv) == 0
+    row, = check_tables(out, 'final')['final']
+    assert row['whole_train_split'] and row['train_images'] == 320  # nothing held out of the 320 training images
+    assert not (out / 'curves.json').is_file() and not (out / 'summary.json').is_file()  # no held-out curve
+    assert seen[0] == ('test', 32) and seen[-1] == ('test', 128)  # watched a slice; the figure is the whole split
+    assert (runs / 'wt_resnet_tiny.c10.whole' / 'time_to_accuracy_plan.json').is_file()
+    readme = (out / 'README.md').read_text()
+    assert '## Final runs on the whole training split' in readme and 'final run on all 320 training images' in readme
 
 
 @pytest.mark.slow

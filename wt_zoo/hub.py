@@ -817,6 +817,21 @@ def validate_args(name: str, folder: Path, on_slice: bool) -> List[str]:
     return args + ['--split', val['split'], '-b', str(val.get('batch_size', 256))] + (['--amp'] if amp else [])
 
 
+def run_validate(args: Sequence[str], results_file: Path, env: Optional[Dict[str, str]] = None) -> List[Dict[str, Any]]:
+    """validate.py in its own process, as a user runs it (``HF_HUB_OFFLINE=1`` on top of ``env``); its rows.
+
+    A child process, not a call, so that the weights load through the same --pretrained path a user's
+    does and nothing this process has cached or configured leaks into the figure.
+    """
+    if not VALIDATE_PY.is_file():
+        raise HubFolderError(f'{VALIDATE_PY} not found: re-validating needs a wt-zoo source checkout')
+    command = [sys.executable, str(VALIDATE_PY), *args, '--results-file', str(results_file)]
+    done = subprocess.run(command, env=dict(env if env is not None else os.environ, HF_HUB_OFFLINE='1'))
+    if done.returncode != 0:
+        raise HubFolderError(f'validate.py exited with {done.returncode}: {shlex.join(command)}')
+    return json.loads(Path(results_file).read_text())
+
+
 def _revalidate(folders: Dict[str, Path], hub_configs: Optional[Path], cache_dir: Optional[Path],
                 on_slice: bool) -> Dict[str, Dict[str, Any]]:
     """name -> validate.py's row, with the weights loaded as a user would: ``--pretrained`` and HF_HUB_OFFLINE
@@ -825,8 +840,6 @@ def _revalidate(folders: Dict[str, Path], hub_configs: Optional[Path], cache_dir
     Tags that share every flag but the model run in one validate.py process (one per dataset), which
     seeds each model on its own.
     """
-    if not VALIDATE_PY.is_file():
-        raise HubFolderError(f'{VALIDATE_PY} not found: re-validating needs a wt-zoo source checkout')
     groups: Dict[Tuple[str, ...], List[str]] = {}
     for name, folder in folders.items():
         args = validate_args(name, folder, on_slice)
@@ -835,16 +848,12 @@ def _revalidate(folders: Dict[str, Path], hub_configs: Optional[Path], cache_dir
     with tempfile.TemporaryDirectory(prefix='wt-zoo-revalidate.') as tmp:
         cache = Path(cache_dir) if cache_dir is not None else Path(tmp) / 'hf-cache'
         install_cache(list(folders), cache, hub_configs)
-        env = dict(os.environ, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache))
+        env = dict(os.environ, HF_HUB_CACHE=str(cache))
         if hub_configs is not None:
             env[HUB_CONFIGS_ENV] = str(hub_configs)
         for number, (flags, names) in enumerate(groups.items()):
-            out = Path(tmp) / f'results-{number}.json'
-            command = [sys.executable, str(VALIDATE_PY), '--model', *names, *flags, '--results-file', str(out)]
-            done = subprocess.run(command, env=env)
-            if done.returncode != 0:
-                raise HubFolderError(f'validate.py exited with {done.returncode}: {shlex.join(command)}')
-            rows.update((row['model'], row) for row in json.loads(out.read_text()))
+            found = run_validate(['--model', *names, *flags], Path(tmp) / f'results-{number}.json', env)
+            rows.update((row['model'], row) for row in found)
     return rows
 
 

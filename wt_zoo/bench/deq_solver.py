@@ -13,15 +13,12 @@ iterations, mean and worst relative residual, images/s per tag and cap), README.
     python -m wt_zoo.bench deq-solver deq_resnet_tiny.c10 --eval-f-max-iter 0 24 48
 """
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-import yaml
-
+from ..cards import TRAIN_ARGS, HubFolderError, read_args
+from ..hub import run_validate
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 
 __all__ = ['add_arguments', 'run', 'held_out_flags', 'choose']
@@ -43,10 +40,11 @@ def add_arguments(parser) -> None:
 
 def held_out_flags(folder: Path) -> List[str]:
     """validate.py's flags for the images a published run held out of its training split."""
-    path = Path(folder) / 'train_args.yaml'
-    if not path.is_file():
-        raise SystemExit(f'error: {path} not found: a published folder keeps the run\'s train_args.yaml')
-    train_args = yaml.safe_load(path.read_text())
+    path = Path(folder) / TRAIN_ARGS
+    try:
+        train_args = read_args(path)
+    except HubFolderError as e:
+        raise SystemExit(f'error: {e} (a published folder keeps its run\'s {TRAIN_ARGS})') from None
     if not train_args.get('val_split_size'):
         raise SystemExit(f'error: {path}: the run held nothing out of its training split (val_split_size '
                          f'{train_args.get("val_split_size")!r}), so there is no split to choose a solver cap on '
@@ -76,17 +74,14 @@ def _deq_names(hub_configs: Path) -> List[str]:
 
 
 def _validate(name: str, flags: List[str], cap: int, args, tmp: Path) -> Dict[str, Any]:
-    out = tmp / f'{name}-{cap}.json'
-    command = [sys.executable, str(REPO_ROOT / 'validate.py'), '--model', name, '--pretrained', *flags,
-               '-b', str(args.batch_size), '--no-flops', '--model-kwargs', f'eval_f_max_iter={cap}',
-               '--results-file', str(out)]
+    command = ['--model', name, '--pretrained', *flags, '-b', str(args.batch_size), '--no-flops',
+               '--model-kwargs', f'eval_f_max_iter={cap}']
     if args.eval_subset:
         command += ['--eval-subset', str(args.eval_subset)]
-    env = dict(os.environ, HF_HUB_OFFLINE='1')
-    done = subprocess.run(command, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f'error: validate.py exited with {done.returncode}: {" ".join(command)}')
-    row, = json.loads(out.read_text())
+    try:
+        row, = run_validate(command, tmp / f'{name}-{cap}.json')
+    except HubFolderError as e:
+        raise SystemExit(f'error: {e}') from None
     return row
 
 

@@ -9,9 +9,14 @@ keeps one); the curve is held-out top-1 against cumulative training minutes, eva
 The finished run's weights are evaluated once on the test split, for the summary, never to choose
 anything.
 
+``--whole-train-split`` is a recipe's final run: settings already chosen on the held-out split, the
+same budget, trained on every training image (nothing held out, so there is no held-out curve; each
+epoch watches a fixed 1,000-image test slice for divergence only, and nothing is chosen from it).
+Its row goes to the ``final`` table, beside, never instead of, the held-out run's; the bars read both.
+
 Results (``--out``, default results/time_to_accuracy): curves.{csv,json}, summary.{csv,json} with
-the minutes each run took to reach each ``--thresholds`` accuracy, time_to_accuracy.png (one curve
-per model), README.md, run.json. Rows are merged by model, so twins measured in separate sittings
+the minutes each run took to reach each ``--thresholds`` accuracy, final.{csv,json} (whole-split
+runs), time_to_accuracy.png (one curve per model), README.md, run.json. Rows are merged by model, so twins measured in separate sittings
 share one folder; each summary row keeps its own command, commit and machine.
 
     python -m wt_zoo.bench time-to-accuracy --minutes 55 configs/wt_resnet_tiny.c10.yaml
@@ -28,6 +33,7 @@ from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_
 __all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'bar_lines', 'readme_section']
 
 PLAN_FILE = 'time_to_accuracy_plan.json'
+WATCH_IMAGES = 1000  # a whole-split run's per-epoch look at the test split: divergence only, never a choice
 
 # The zoo's CPU bars (2 cores): CIFAR-10 test top-1 of the finished weights, training minutes at most.
 BARS = {'wt_resnet_tiny.c10': (88.0, 60.0), 'wt_resnet_small.c10': (90.0, 150.0)}
@@ -45,6 +51,9 @@ def add_arguments(parser) -> None:
     parser.add_argument('--out', default=str(REPO_ROOT / 'results' / 'time_to_accuracy'), help='results folder')
     parser.add_argument('--train-args', default='', metavar='"FLAGS"',
                         help='train.py flags for every recipe, one string: --train-args="--device cuda"')
+    parser.add_argument('--whole-train-split', action='store_true',
+                        help="the recipe's final run: every training image, nothing held out (run folder NAME.whole); "
+                             'its test figure goes to the final table beside the held-out run')
 
 
 def minutes_to_reach(curve: Sequence[Dict[str, Any]], threshold: float) -> Optional[float]:
@@ -107,30 +116,35 @@ def _test_top1(run) -> float:
     """The finished weights (the EMA's when kept) on the test split, once, for the summary."""
     from ..data import create_eval_loader
     from ..training import evaluate
+    import dataclasses
     model = run.model_ema.module if run.model_ema is not None else run.model
-    loader = create_eval_loader(run.spec, 'test', run.data_config, run.args.validation_batch_size or run.args.batch_size,
+    spec = dataclasses.replace(run.spec, eval_subset=None)  # the whole test split, whatever the run watched
+    loader = create_eval_loader(spec, 'test', run.data_config, run.args.validation_batch_size or run.args.batch_size,
                                 run.ctx.device, channels_last=run.args.channels_last == 'on')
     return evaluate(model, loader, run.ctx, run.amp_dtype)['top1']
 
 
-def bar_lines(summary: Sequence[Dict[str, Any]]) -> List[str]:
-    """One line per measured model that has a bar: the figure against it and the verdict."""
+def bar_lines(summary: Sequence[Dict[str, Any]], final: Sequence[Dict[str, Any]] = ()) -> List[str]:
+    """One line per measured run of a model that has a bar (held-out runs, then whole-split final runs): the
+    figure against it and the verdict."""
     lines = []
-    for row in summary:
+    for row in [*summary, *final]:
         if row['model'] not in BARS:
             continue
         top1, minutes = BARS[row['model']]
         met = row['test_top1'] >= top1 and row['train_minutes'] <= minutes
-        lines.append(f'- {row["model"]}: test top-1 {row["test_top1"]:.2f} % after {row["train_minutes"]:.1f} training '
-                     f'min on {row["hardware"]}; bar >= {top1:g} % within {minutes:g} min: '
+        split = (f'final run on all {row["train_images"]:,} training images' if row.get('whole_train_split')
+                 else 'run with 5,000 images held out')
+        lines.append(f'- {row["model"]} ({split}): test top-1 {row["test_top1"]:.2f} % after {row["train_minutes"]:.1f} '
+                     f'training min on {row["hardware"]}; bar >= {top1:g} % within {minutes:g} min: '
                      f'**{"met" if met else "not met"}**')
     return lines
 
 
 def readme_section(folder: Path = REPO_ROOT / 'results' / 'time_to_accuracy') -> str:
     """The project README's summary of this folder (scripts/update_readme.py embeds it)."""
-    summary = _read(Path(folder), 'summary')
-    if not summary:
+    summary, final = _read(Path(folder), 'summary'), _read(Path(folder), 'final')
+    if not summary and not final:
         return 'Not measured yet: `python -m wt_zoo.bench time-to-accuracy --minutes M CONFIG...`.'
     lines = []
     for row in summary:
@@ -139,8 +153,12 @@ def readme_section(folder: Path = REPO_ROOT / 'results' / 'time_to_accuracy') ->
         lines.append(f'- `{row["model"]}`: {row["test_top1"]:.2f} % test top-1 ({row["heldout_top1"]:.2f} % held-out) '
                      f'after {row["train_minutes"]:.1f} training minutes, {row["epochs"]} epochs, on {row["hardware"]} '
                      f'(amp {row["amp"]}, channels_last {row["channels_last"]}); held-out top-1 reached '
-                     + (reached or 'reached none of the levels'))
-    return '\n'.join(lines + ['', 'Bars:', ''] + (bar_lines(summary) or ['- none measured']))
+                     + (reached or 'none of the levels'))
+    for row in final:
+        lines.append(f'- `{row["model"]}`, final run on all {row["train_images"]:,} training images (the recipe chosen '
+                     f'on the held-out split, the same budget): {row["test_top1"]:.2f} % test top-1 after '
+                     f'{row["train_minutes"]:.1f} training minutes, {row["epochs"]} epochs, on {row["hardware"]}')
+    return '\n'.join(lines + ['', 'Bars:', ''] + (bar_lines(summary, final) or ['- none measured']))
 
 
 def _merge(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -179,10 +197,12 @@ def run(args, argv) -> int:
     load = warn_if_busy('time-to-accuracy minutes')
     folder = ResultsFolder(out, 'time-to-accuracy', argv, settings=vars(args))
     train_args = shlex.split(args.train_args)
-    curves, summary = _read(out, 'curves'), _read(out, 'summary')
+    if args.whole_train_split:
+        train_args += ['--val-split-size', '0', '--eval-subset', str(WATCH_IMAGES)]
+    curves, summary, final = _read(out, 'curves'), _read(out, 'summary'), _read(out, 'final')
     for config in args.configs:
         name = Path(config).stem
-        run_dir = Path(args.runs) / name
+        run_dir = Path(args.runs) / (f'{name}.whole' if args.whole_train_split else name)
         plan = _plan(config, args.minutes, run_dir, train_args, args.epochs)
         asked = '' if plan['epochs'] == plan.get('epochs_fitting', plan['epochs']) else \
             f' ({plan["epochs_fitting"]} would fit; the epochs were fixed with --epochs)'
@@ -190,6 +210,17 @@ def run(args, argv) -> int:
             f'({plan["train_seconds_per_epoch"]:.1f} s per epoch, amp {plan["amp"]}, channels_last {plan["channels_last"]})')
         trained, test_top1 = _train(config, plan, run_dir, train_args)
         points = curve_rows(trained.args.model, trained.history)
+        if args.whole_train_split:  # no held-out curve: the per-epoch figures are the watched test slice's
+            final = _merge(final, [dict(
+                model=trained.args.model, config=config, epochs=plan['epochs'], budget_minutes=args.minutes,
+                train_minutes=points[-1]['train_minutes'], train_images=trained.train_loader.dataset_size,
+                whole_train_split=True, test_top1=round(test_top1, 3),
+                images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1), amp=trained.args.amp,
+                channels_last=trained.args.channels_last, hardware=plan['hardware'], run_folder=str(run_dir),
+                load_average_1min=load, command=folder.provenance['command'],
+                git_commit=folder.provenance['git_commit'], date=folder.provenance['date'])])
+            folder.write_table('final', final)
+            continue
         row = dict(model=trained.args.model, config=config, epochs=plan['epochs'], budget_minutes=args.minutes,
                    train_minutes=points[-1]['train_minutes'], heldout_top1=points[-1]['heldout_top1'],
                    test_top1=round(test_top1, 3), images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1),
@@ -200,7 +231,8 @@ def run(args, argv) -> int:
         curves, summary = _merge(curves, points), _merge(summary, [row])
         folder.write_table('curves', curves)
         folder.write_table('summary', summary)
-    _plot(curves, args.thresholds, out / 'time_to_accuracy.png')
+    if curves:
+        _plot(curves, args.thresholds, out / 'time_to_accuracy.png')
     columns = [Column('model', 'model'), Column('epochs', 'epochs'), Column('train_minutes', 'training min', '{:.1f}'),
                Column('heldout_top1', 'held-out top-1', '{:.2f}'), Column('test_top1', 'test top-1', '{:.2f}'),
                *[Column(f'minutes_to_{level:g}', f'min to {level:g} %', '{:.1f}') for level in args.thresholds],
@@ -208,11 +240,22 @@ def run(args, argv) -> int:
                Column('channels_last', 'channels_last'), Column('hardware', 'hardware'),
                Column('load_average_1min', 'load at start', '{:.2f}'), Column('git_commit', 'commit',
                                                                                lambda c: f'`{c[:10]}`')]
-    folder.finish('Time to accuracy', [
+    final_columns = [Column('model', 'model'), Column('train_images', 'training images', '{:,}'),
+                     Column('epochs', 'epochs'), Column('train_minutes', 'training min', '{:.1f}'),
+                     Column('test_top1', 'test top-1', '{:.2f}'), Column('images_per_s', 'train img/s', '{:.0f}'),
+                     Column('hardware', 'hardware'), Column('load_average_1min', 'load at start', '{:.2f}'),
+                     Column('git_commit', 'commit', lambda c: f'`{c[:10]}`')]
+    final_section = ('## Final runs on the whole training split\n\nThe recipe, its settings chosen on the held-out '
+                     'split above, trained once more on every training image under the same budget '
+                     '(`--whole-train-split`); the finished weights on the test split, measured once. Each epoch '
+                     f'watched {WATCH_IMAGES:,} test images for divergence only.\n\n' + markdown_table(final, final_columns)
+                     if final else '')
+    held_out_section = [
         'Held-out top-1 (5,000 images held out of the CIFAR-10 training split; the EMA\'s figure where the recipe '
         'keeps one) against cumulative training minutes, evaluation excluded. Test top-1 is the finished '
         'weights on the test split, measured once. Each row names the command and commit that made it; a blank '
         '"min to" cell means the run never reached that level.',
-        markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)',
-        '## Bars\n\n' + ('\n'.join(bar_lines(summary)) or 'No model with a bar measured yet.')])
+        markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)'] if summary else []
+    folder.finish('Time to accuracy', [*held_out_section, *filter(None, [final_section]),
+        '## Bars\n\n' + ('\n'.join(bar_lines(summary, final)) or 'No model with a bar measured yet.')])
     return 0
