@@ -8,9 +8,18 @@
 # Three groups train side by side: the tiny CIFAR-10 twins (plus three DEQ variants that choose the
 # DEQ settings on the held-out split), the small CIFAR-10 twins and the small Fashion-MNIST twins.
 # Each group's common epoch count comes from `python -m wt_zoo.bench budget` and its minutes
-# (TINY_MIN, SMALL_MIN, FMNIST_MIN: device minutes as if the group ran one recipe after another).
+# (TINY_MIN, SMALL_MIN, FMNIST_MIN: device minutes as if the group ran one recipe after another), so
+# the groups together finish within the sum of their minutes. RUN_GROUPS picks the groups (default all
+# three: "tiny small fmnist"), TINY_TWINS the tiny twins trained beside the DEQ variants (default
+# "wt wtsm deq"; "deq" keeps only the DEQ, the variants' reference).
 # Wheels in .whl/ (timm, torchdeq, fvcore and the like) are installed first where the machine lacks
-# them; datasets are read from .data/ when present. A CPU dry run: TRAIN_FLAGS="--device cpu
+# them; datasets are read from .data/ when present.
+#
+# Measured on a lent H200 (2026-11-28, results/device/README.md): side by side, a DEQ small epoch
+# that solves takes about 44 s (about 1,000 images/s: the Anderson loop is bound by kernel launches
+# and the host, not by the GPU), a WT small epoch about 14 s; a 15-minute lend therefore fits about
+# 10 epochs of the small trio, not nine tags. Give the group that holds a DEQ most of the minutes,
+# and trust `bench budget`'s DEQ figure (it was right within 15 %) over a warm-up epoch's speed. A CPU dry run: TRAIN_FLAGS="--device cpu
 # --train-subset 512 --eval-subset 256" with small minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +31,10 @@ SMALL_MIN=${SMALL_MIN:-2.6}
 FMNIST_MIN=${FMNIST_MIN:-1.9}
 DEADLINE_S=${DEADLINE_S:-440}   # training and test validation together; later runs are cut off
 TRAIN_FLAGS=${TRAIN_FLAGS:---device cuda}
+RUN_GROUPS=${RUN_GROUPS:-tiny small fmnist}
+TINY_TWINS=${TINY_TWINS:-wt wtsm deq}
 C=configs
+has() { case " $RUN_GROUPS " in *" $1 "*) return 0 ;; esac; return 1; }
 mkdir -p "$OUT" "$WORK/plans"
 if [ -d .whl ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
@@ -34,6 +46,17 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PY PYTHONUNBUFFERED=1 OMP_NUM_
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 $PY -c "import torch, timm, torchdeq; print('torch', torch.__version__, 'timm', timm.__version__)" || exit 1
 START=$SECONDS
+
+# Fail fast: one short epoch through the whole path (train, checkpoint, export, validate) before the
+# budget is spent, so a broken environment costs seconds of device time, not the call.
+SMOKE=$WORK/smoke
+if ! { $PY train.py --config $C/deq_resnet_tiny.c10.yaml --output "$SMOKE" --experiment smoke --no-progress \
+         $TRAIN_FLAGS --epochs 1 --unrolled-warmup-epochs 0 --train-subset 512 --eval-subset 256 &&
+       $PY validate.py --model "local-dir:$SMOKE/smoke" --pretrained --dataset cifar10 --split test \
+         --eval-subset 256 --results-file "$SMOKE/results.json"; } >"$WORK/smoke.log" 2>&1; then
+  tail -30 "$WORK/smoke.log"; echo "smoke run failed after $((SECONDS - START)) s"; exit 1
+fi
+echo "smoke run passed in $((SECONDS - START)) s"
 
 plan() {  # plan NAME MINUTES CONFIG... : the group's common epochs
   local name=$1 minutes=$2
@@ -54,22 +77,22 @@ deq_variant() {  # deq_variant NAME EPOCHS TRAIN FLAGS...: a tiny DEQ variant, t
     echo "FAILED: $name (see $dir/logs/$name.log)"
 }
 
-TINY=$(plan tiny "$TINY_MIN" $C/{wt,wtsm}_resnet_tiny.c10.yaml $C/deq_resnet_tiny.c10.yaml $C/deq_resnet_tiny.c10.yaml \
-  $C/deq_resnet_tiny.c10.yaml $C/deq_resnet_tiny.c10.yaml) || exit 1
-SMALL=$(plan small "$SMALL_MIN" $C/{wt,wtsm,deq}_resnet_small.c10.yaml) || exit 1
-FMNIST=$(plan fmnist "$FMNIST_MIN" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml) || exit 1
-echo "epochs: tiny $TINY, small $SMALL, fmnist $FMNIST (planned in $((SECONDS - START)) s)"
+TINY_CONFIGS=()
+for family in $TINY_TWINS; do TINY_CONFIGS+=("$C/${family}_resnet_tiny.c10.yaml"); done
+has tiny && { TINY=$(plan tiny "$TINY_MIN" "${TINY_CONFIGS[@]}" $C/deq_resnet_tiny.c10.yaml $C/deq_resnet_tiny.c10.yaml \
+  $C/deq_resnet_tiny.c10.yaml) || exit 1; }
+has small && { SMALL=$(plan small "$SMALL_MIN" $C/{wt,wtsm,deq}_resnet_small.c10.yaml) || exit 1; }
+has fmnist && { FMNIST=$(plan fmnist "$FMNIST_MIN" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml) || exit 1; }
+echo "epochs: tiny ${TINY:-}, small ${SMALL:-}, fmnist ${FMNIST:-} (planned in $((SECONDS - START)) s)"
 
-pids=()
-scripts/train_checkpoints.sh -n -j 3 -o "$WORK/tiny" $C/{wt,wtsm,deq}_resnet_tiny.c10.yaml -- $TRAIN_FLAGS --epochs "$TINY" &
-pids+=($!)
-deq_variant deq_tiny_plain "$TINY" --unrolled-warmup-epochs 0 --model-kwargs jac_reg_weight=0 & pids+=($!)
-deq_variant deq_tiny_warmup "$TINY" --model-kwargs jac_reg_weight=0 & pids+=($!)
-deq_variant deq_tiny_implicit "$TINY" --model-kwargs grad_mode=implicit & pids+=($!)
-scripts/train_checkpoints.sh -n -j 3 -o "$WORK/small" $C/{wt,wtsm,deq}_resnet_small.c10.yaml -- $TRAIN_FLAGS --epochs "$SMALL" &
-pids+=($!)
-scripts/train_checkpoints.sh -n -j 3 -o "$WORK/fmnist" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml -- $TRAIN_FLAGS --epochs "$FMNIST" &
-pids+=($!)
+if has tiny; then
+  scripts/train_checkpoints.sh -n -j ${#TINY_CONFIGS[@]} -o "$WORK/tiny" "${TINY_CONFIGS[@]}" -- $TRAIN_FLAGS --epochs "$TINY" &
+  deq_variant deq_tiny_plain "$TINY" --unrolled-warmup-epochs 0 --model-kwargs jac_reg_weight=0 &
+  deq_variant deq_tiny_warmup "$TINY" --model-kwargs jac_reg_weight=0 &
+  deq_variant deq_tiny_implicit "$TINY" --model-kwargs grad_mode=implicit &
+fi
+has small && scripts/train_checkpoints.sh -n -j 3 -o "$WORK/small" $C/{wt,wtsm,deq}_resnet_small.c10.yaml -- $TRAIN_FLAGS --epochs "$SMALL" &
+has fmnist && scripts/train_checkpoints.sh -n -j 3 -o "$WORK/fmnist" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml -- $TRAIN_FLAGS --epochs "$FMNIST" &
 
 # Wait until all finish or the deadline passes; then stop what is left (its folder keeps last.pth.tar for --resume).
 while [ $((SECONDS - START)) -lt "$DEADLINE_S" ] && [ -n "$(jobs -rp)" ]; do sleep 2; done
@@ -86,8 +109,9 @@ for run in "$WORK"/*/train/deq*; do
   name=$(basename "$run")
   dataset=$(sed -n 's/^dataset: //p' "$run/args.yaml")
   $PY validate.py --model "local-dir:$run" --pretrained --dataset "$dataset" --split test --no-flops \
-    --model-kwargs f_max_iter=30 --results-file "$group/results/$name.f_max_iter30.json" >>"$group/logs/$name.log" 2>&1
+    --model-kwargs f_max_iter=30 --results-file "$group/results/$name.f_max_iter30.json" >>"$group/logs/$name.log" 2>&1 &
 done
+wait
 echo "finished in $((SECONDS - START)) s"
 
 # A finished run keeps its weights; an unfinished one its last.pth.tar (for --resume), if the archive

@@ -380,6 +380,20 @@ def test_budget_plans_the_common_epochs_that_fit():
         plan_epochs(rows, 2, min_epochs=4)
 
 
+def test_budget_times_a_recipe_named_twice_once_and_counts_it_twice(fake_cifar10, data_cache, tmp_path):
+    from conftest import REPO_ROOT
+    config = str(REPO_ROOT / 'configs' / 'deq_resnet_tiny.c10.yaml')
+    plan_file = tmp_path / 'plan.json'
+    assert bench_main(['budget', config, config, '--minutes', '0.5', '--json', str(plan_file),
+                       f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 -b 32 '
+                       '--val-split-size 64 --amp off --channels-last off']) == 0
+    plan = json.loads(plan_file.read_text())
+    first, second = plan['recipes']
+    assert first == second  # one timing (two would differ in their last digits), counted for both variants
+    per_epoch = first['train_seconds_per_epoch'] * (1 + first['eval_share'])
+    assert plan['epochs'] == math.floor(0.5 * 60 / (per_epoch + per_epoch)) >= 1
+
+
 def test_time_to_accuracy_curve_and_minutes_to_reach():
     from wt_zoo.bench.time_to_accuracy import curve_rows, minutes_to_reach
     history = [dict(epoch=0, epoch_seconds=30.0, eval_top1=50.0, images_per_s=100.0),

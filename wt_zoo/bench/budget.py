@@ -29,7 +29,8 @@ __all__ = ['add_arguments', 'run', 'plan_epochs']
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument('configs', nargs='+', metavar='CONFIG.yaml', help='train.py recipes that share the epochs')
+    parser.add_argument('configs', nargs='+', metavar='CONFIG.yaml',
+                        help='train.py recipes that share the epochs; one named n times (variants of it) counts n times')
     parser.add_argument('--minutes', type=float, required=True,
                         help='device minutes for all the recipes together, as if run one after another')
     parser.add_argument('--min-epochs', type=int, default=1, help='fewest epochs worth training (else: error)')
@@ -73,12 +74,12 @@ def plan_epochs(rows: List[Dict[str, Any]], minutes: float, min_epochs: int = 1,
 
 
 def run(args, argv) -> int:
-    rows = []
-    for config in args.configs:
-        row = measure(config, shlex.split(args.train_args))
+    measured: Dict[str, Dict[str, Any]] = {}  # a recipe named n times counts n times, timed once
+    for config in dict.fromkeys(args.configs):
+        row = measured[config] = measure(config, shlex.split(args.train_args))
         log(f'{Path(config).name}: {row["train_seconds_per_epoch"]:.1f} s per training epoch '
             f'(amp {row["amp"]}, channels_last {row["channels_last"]}, {row["hardware"]})')
-        rows.append(row)
+    rows = [measured[config] for config in args.configs]
     try:
         epochs = plan_epochs(rows, args.minutes, args.min_epochs, args.max_epochs)
     except ValueError as e:

@@ -210,23 +210,21 @@ def run(args, argv) -> int:
             f'({plan["train_seconds_per_epoch"]:.1f} s per epoch, amp {plan["amp"]}, channels_last {plan["channels_last"]})')
         trained, test_top1 = _train(config, plan, run_dir, train_args)
         points = curve_rows(trained.args.model, trained.history)
-        if args.whole_train_split:  # no held-out curve: the per-epoch figures are the watched test slice's
-            final = _merge(final, [dict(
-                model=trained.args.model, config=config, epochs=plan['epochs'], budget_minutes=args.minutes,
-                train_minutes=points[-1]['train_minutes'], train_images=trained.train_loader.dataset_size,
-                whole_train_split=True, test_top1=round(test_top1, 3),
-                images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1), amp=trained.args.amp,
-                channels_last=trained.args.channels_last, hardware=plan['hardware'], run_folder=str(run_dir),
-                load_average_1min=load, command=folder.provenance['command'],
-                git_commit=folder.provenance['git_commit'], date=folder.provenance['date'])])
-            folder.write_table('final', final)
-            continue
         row = dict(model=trained.args.model, config=config, epochs=plan['epochs'], budget_minutes=args.minutes,
-                   train_minutes=points[-1]['train_minutes'], heldout_top1=points[-1]['heldout_top1'],
-                   test_top1=round(test_top1, 3), images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1),
+                   train_minutes=points[-1]['train_minutes'])
+        if args.whole_train_split:  # no held-out curve: the per-epoch figures are the watched test slice's
+            row.update(train_images=trained.train_loader.dataset_size, whole_train_split=True)
+        else:
+            row.update(heldout_top1=points[-1]['heldout_top1'])
+        row.update(test_top1=round(test_top1, 3),
+                   images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1),
                    amp=trained.args.amp, channels_last=trained.args.channels_last, hardware=plan['hardware'],
                    run_folder=str(run_dir), load_average_1min=load, command=folder.provenance['command'],
                    git_commit=folder.provenance['git_commit'], date=folder.provenance['date'])
+        if args.whole_train_split:
+            final = _merge(final, [row])
+            folder.write_table('final', final)
+            continue
         row.update({f'minutes_to_{level:g}': minutes_to_reach(points, level) for level in args.thresholds})
         curves, summary = _merge(curves, points), _merge(summary, [row])
         folder.write_table('curves', curves)
