@@ -19,8 +19,9 @@
 # that solves takes about 44 s (about 1,000 images/s: the Anderson loop is bound by kernel launches
 # and the host, not by the GPU), a WT small epoch about 14 s; a 15-minute lend therefore fits about
 # 10 epochs of the small trio, not nine tags. Give the group that holds a DEQ most of the minutes,
-# and trust `bench budget`'s DEQ figure (it was right within 15 %) over a warm-up epoch's speed. A CPU dry run: TRAIN_FLAGS="--device cpu
-# --train-subset 512 --eval-subset 256" with small minutes.
+# and trust `bench budget`'s DEQ figure (it was right within 15 %) over a warm-up epoch's speed.
+#
+# A CPU dry run: TRAIN_FLAGS="--device cpu --train-subset 512 --eval-subset 256" with small minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device-out}
