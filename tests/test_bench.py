@@ -418,6 +418,35 @@ def test_time_to_accuracy_bars_need_both_the_accuracy_and_the_minutes():
     assert 'all 50,000 training images' in whole and whole.endswith('**met**')
 
 
+def test_time_to_accuracy_limits_read_the_last_third_of_each_curve():
+    from wt_zoo.bench.time_to_accuracy import limit_lines, limit_rows
+
+    def curve(model, heldout, train):
+        return [dict(model=model, epoch=i + 1, train_minutes=float(i + 1), heldout_top1=h, heldout_top1_raw=h - 0.1,
+                     train_top1=t) for i, (h, t) in enumerate(zip(heldout, train))]
+
+    summary = [dict(model='wt_resnet_tiny.c10', test_top1=87.8), dict(model='wt_resnet_small.c10', test_top1=87.0),
+               dict(model='wtsm_resnet_tiny.c10', test_top1=87.0)]  # no bar: no limit row
+    curves = (curve('wt_resnet_tiny.c10', [80, 85, 87.0, 87.2, 87.3, 87.4], [80, 85, 88, 91, 94, 97])
+              + curve('wt_resnet_small.c10', [70, 76, 80, 83, 85, 87.0], [70, 76, 81, 84, 86, 88])
+              + curve('wtsm_resnet_tiny.c10', [80, 85, 87, 87, 87, 87], [80, 85, 88, 91, 94, 97]))
+    tiny, small = limit_rows(summary, curves, resolution=0.6)
+    # The last third starts at the first point at or past 2/3 of the minutes (4.0 of 6.0).
+    assert tiny['last_third_from_minutes'] == 4.0 and tiny['last_third_gain'] == pytest.approx(0.2)
+    assert tiny['limit'] == 'generalisation' and tiny['train_minus_heldout'] == pytest.approx(97 - 87.3)
+    assert small['limit'] == 'minutes' and small['last_third_gain'] == pytest.approx(4.0)
+    flat, = limit_rows(summary[:1], curve('wt_resnet_tiny.c10', [85, 86, 87, 87, 87, 87], [90] * 6), 0.6)
+    assert flat['limit'] == 'plateau'  # neither held-out nor training top-1 moved
+    assert limit_rows(summary[:1], curves, None)[0]['limit'].startswith('not resolvable')
+    tiny_line, small_line = limit_lines([tiny, small])
+    assert 'limited by what the model generalises' in tiny_line and 'limited by the minutes' in small_line
+
+
+def test_time_to_accuracy_needs_a_budget_for_recipes(tmp_path):
+    with pytest.raises(SystemExit, match='--minutes M .* is required with recipes'):
+        bench_main(['time-to-accuracy', 'configs/wt_resnet_tiny.c10.yaml', '--out', str(tmp_path)])
+
+
 def test_time_to_accuracy_twin_at_fixed_epochs_keeps_its_plan(tmp_path):
     from wt_zoo.bench.time_to_accuracy import PLAN_FILE, _plan
     (tmp_path / PLAN_FILE).write_text(json.dumps(dict(minutes=142.0, epochs=23, epochs_fitting=22)))

@@ -33,6 +33,9 @@ from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_
 __all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'bar_lines', 'readme_section']
 
 PLAN_FILE = 'time_to_accuracy_plan.json'
+# The fast recipe's seed-to-seed resolution (twice the pooled seed std, `bench ablation`): a curve's gain smaller
+# than this is not a gain.
+SEED_RESOLUTION_RUN = REPO_ROOT / 'results' / 'ablation' / 'fast_recipe_tiny' / 'run.json'
 WATCH_IMAGES = 1000  # a whole-split run's per-epoch look at the test split: divergence only, never a choice
 
 # The zoo's CPU bars (2 cores): CIFAR-10 test top-1 of the finished weights, training minutes at most.
@@ -40,8 +43,11 @@ BARS = {'wt_resnet_tiny.c10': (88.0, 60.0), 'wt_resnet_small.c10': (90.0, 150.0)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument('configs', nargs='+', metavar='CONFIG.yaml', help='train.py recipes (twins), run one after another')
-    parser.add_argument('--minutes', type=float, required=True, help='training wall-clock budget per recipe')
+    parser.add_argument('configs', nargs='*', metavar='CONFIG.yaml',
+                        help='train.py recipes (twins), run one after another; none: rewrite the README, plot and '
+                             'limits from the stored tables, training nothing')
+    parser.add_argument('--minutes', type=float, default=None,
+                        help='training wall-clock budget per recipe (required with recipes)')
     parser.add_argument('--epochs', type=int, default=None,
                         help='train exactly this many epochs instead of what fits --minutes: a twin at the epochs '
                              'of a run already measured (the summary then reports the minutes it took against the budget)')
@@ -65,15 +71,77 @@ def minutes_to_reach(curve: Sequence[Dict[str, Any]], threshold: float) -> Optio
 
 
 def curve_rows(model: str, history: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """One point per epoch: cumulative training minutes and the held-out top-1 (the EMA's when kept)."""
+    """One point per epoch: cumulative training minutes, the held-out top-1 (the EMA's when kept) and the
+    running top-1 on the epoch's augmented training batches, whose gap to held-out says what limits a run."""
     rows, seconds = [], 0.0
     for row in history:
         seconds += float(row['epoch_seconds'])
         top1 = row.get('ema_eval_top1', row['eval_top1'])
         rows.append(dict(model=model, epoch=int(row['epoch']) + 1, train_minutes=round(seconds / 60, 3),
                          heldout_top1=round(float(top1), 3), heldout_top1_raw=round(float(row['eval_top1']), 3),
+                         train_top1=round(float(row['train_top1']), 3) if 'train_top1' in row else None,
                          images_per_s=round(float(row['images_per_s']), 1)))
     return rows
+
+
+def limit_rows(summary: Sequence[Dict[str, Any]], curves: Sequence[Dict[str, Any]],
+               resolution: Optional[float]) -> List[Dict[str, Any]]:
+    """For each held-out run with a bar: what its last third of training minutes bought. A curve that gains no
+    more than the recipe's seed resolution there while training top-1 keeps climbing is limited by what the
+    model generalises at this recipe, not by the minutes; one still gaining is limited by the minutes."""
+    rows = []
+    for row in summary:
+        points = [p for p in curves if p['model'] == row['model']]
+        if row['model'] not in BARS or len(points) < 3:
+            continue
+        start = next(p for p in points if p['train_minutes'] >= points[-1]['train_minutes'] * 2 / 3)
+        last = points[-1]
+        gain = last['heldout_top1'] - start['heldout_top1']
+        train_top1 = last.get('train_top1')
+        fitting = None if train_top1 is None or start.get('train_top1') is None else train_top1 - start['train_top1']
+        if resolution is None:
+            limit = 'not resolvable: no seed resolution measured for the recipe'
+        elif gain > resolution:
+            limit = 'minutes'
+        else:
+            limit = 'generalisation' if fitting is not None and fitting > resolution else 'plateau'
+        rows.append(dict(model=row['model'], epochs=len(points), train_minutes=last['train_minutes'],
+                         last_third_from_minutes=start['train_minutes'], heldout_at_start=start['heldout_top1'],
+                         heldout_at_end=last['heldout_top1'], last_third_gain=round(gain, 3),
+                         train_top1_at_start=start.get('train_top1'), train_top1_at_end=train_top1,
+                         train_minus_heldout=None if train_top1 is None else round(train_top1 - last['heldout_top1_raw'], 3),
+                         ema_minus_raw=round(last['heldout_top1'] - last['heldout_top1_raw'], 3),
+                         bar_top1=BARS[row['model']][0], test_top1=row['test_top1'], resolution=resolution, limit=limit))
+    return rows
+
+
+_LIMIT_READINGS = {
+    'minutes': 'still gaining more than the seed resolution in its last third: **limited by the minutes**; more '
+               'epochs in the budget (a faster step) or a longer budget would raise it',
+    'generalisation': 'flat within the seed resolution in its last third while training top-1 kept climbing: '
+                      '**limited by what the model generalises at this recipe**; longer runs mostly fit the training '
+                      'images, so closing the bar needs stronger regularisation or augmentation, or more capacity '
+                      'per minute, not more epochs',
+    'plateau': 'flat within the seed resolution in its last third: more epochs of this recipe buy little',
+}
+
+
+def limit_lines(rows: Sequence[Dict[str, Any]]) -> List[str]:
+    lines = []
+    for row in rows:
+        reading = _LIMIT_READINGS.get(row['limit'], row['limit'])
+        fit = '' if row['train_top1_at_end'] is None else (
+            f'; training top-1 (running, on augmented batches) {row["train_top1_at_start"]:.1f} -> '
+            f'{row["train_top1_at_end"]:.1f} %, {row["train_minus_heldout"]:+.1f} points over held-out (raw weights)')
+        lines.append(
+            f'- `{row["model"]}` ({row["epochs"]} epochs, {row["train_minutes"]:.1f} min; test {row["test_top1"]:.2f} % '
+            f'against a bar of {row["bar_top1"]:g} %): held-out top-1 {row["heldout_at_start"]:.2f} -> '
+            f'{row["heldout_at_end"]:.2f} % over the last third ({row["last_third_from_minutes"]:.1f} min on), '
+            f'{row["last_third_gain"]:+.2f} points against a seed resolution of '
+            + (f'{row["resolution"]:.2f}' if row['resolution'] is not None else 'none measured')
+            + f'{fit}; EMA minus raw weights at the end {row["ema_minus_raw"]:+.2f}. '
+            + reading[0].upper() + reading[1:] + '.')
+    return lines
 
 
 def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str],
@@ -158,7 +226,9 @@ def readme_section(folder: Path = REPO_ROOT / 'results' / 'time_to_accuracy') ->
         lines.append(f'- `{row["model"]}`, final run on all {row["train_images"]:,} training images (the recipe chosen '
                      f'on the held-out split, the same budget): {row["test_top1"]:.2f} % test top-1 after '
                      f'{row["train_minutes"]:.1f} training minutes, {row["epochs"]} epochs, on {row["hardware"]}')
-    return '\n'.join(lines + ['', 'Bars:', ''] + (bar_lines(summary, final) or ['- none measured']))
+    limits = limit_lines(limit_rows(summary, _read(Path(folder), 'curves'), seed_resolution()))
+    return '\n'.join(lines + ['', 'Bars:', ''] + (bar_lines(summary, final) or ['- none measured'])
+                     + (['', 'What limits them:', '', *limits] if limits else []))
 
 
 def _merge(old: List[Dict[str, Any]], new: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -194,7 +264,10 @@ def _plot(curves: List[Dict[str, Any]], thresholds: Sequence[float], path: Path)
 
 def run(args, argv) -> int:
     out = Path(args.out)
-    load = warn_if_busy('time-to-accuracy minutes')
+    if args.configs and args.minutes is None:
+        raise SystemExit('error: --minutes M (the training budget per recipe) is required with recipes; '
+                         'without recipes the command only rewrites the README from the stored tables')
+    load = warn_if_busy('time-to-accuracy minutes') if args.configs else None
     folder = ResultsFolder(out, 'time-to-accuracy', argv, settings=vars(args))
     train_args = shlex.split(args.train_args)
     if args.whole_train_split:
@@ -231,6 +304,9 @@ def run(args, argv) -> int:
         folder.write_table('summary', summary)
     if curves:
         _plot(curves, args.thresholds, out / 'time_to_accuracy.png')
+    limits = limit_rows(summary, curves, seed_resolution())
+    if limits:
+        folder.write_table('limits', limits)
     columns = [Column('model', 'model'), Column('epochs', 'epochs'), Column('train_minutes', 'training min', '{:.1f}'),
                Column('heldout_top1', 'held-out top-1', '{:.2f}'), Column('test_top1', 'test top-1', '{:.2f}'),
                *[Column(f'minutes_to_{level:g}', f'min to {level:g} %', '{:.1f}') for level in args.thresholds],
@@ -254,6 +330,15 @@ def run(args, argv) -> int:
         'weights on the test split, measured once. Each row names the command and commit that made it; a blank '
         '"min to" cell means the run never reached that level.',
         markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)'] if summary else []
+    limits_section = ('## What limits the bars\n\nEach held-out run with a bar, read from its own curve: what the last '
+                      'third of its training minutes bought on the held-out split, against the fast recipe\'s seed '
+                      f'resolution (`{SEED_RESOLUTION_RUN.relative_to(REPO_ROOT)}`), beside how far it kept fitting its '
+                      'training batches (limits.csv).\n\n' + '\n'.join(limit_lines(limits))) if limits else ''
     folder.finish('Time to accuracy', [*held_out_section, *filter(None, [final_section]),
-        '## Bars\n\n' + ('\n'.join(bar_lines(summary, final)) or 'No model with a bar measured yet.')])
+        '## Bars\n\n' + ('\n'.join(bar_lines(summary, final)) or 'No model with a bar measured yet.'),
+        *filter(None, [limits_section])])
     return 0
+
+
+def seed_resolution(path: Path = SEED_RESOLUTION_RUN) -> Optional[float]:
+    return json.loads(path.read_text()).get('resolution') if path.is_file() else None
