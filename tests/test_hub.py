@@ -242,6 +242,67 @@ def test_export_refuses_inconsistent_inputs(published, tmp_path):
     assert [p.name for p in before.parent.iterdir()] == ['wt_resnet_tiny.c10']
 
 
+def ablation_folder(root: Path) -> Path:
+    """A `bench ablation` results folder (run.json, variants.json, runs.json) over the DEQ tiny recipe."""
+    folder = root / 'ablation'
+    folder.mkdir(parents=True)
+    variants = [('v1', '', 70.16), ('no_jac', '--model-kwargs jac_reg_weight=0', 70.9),
+                ('implicit', '--model-kwargs grad_mode=implicit', 66.5)]
+    (folder / 'run.json').write_text(json.dumps(dict(
+        command='python -m wt_zoo.bench ablation --recipe configs/deq_resnet_tiny.c10.yaml --epochs 10',
+        git_commit='a' * 40, date='2026-11-29T00:00:00+00:00', resolution=None,
+        settings=dict(recipe='configs/deq_resnet_tiny.c10.yaml', epochs=10, seeds=[0]))))
+    (folder / 'variants.json').write_text(json.dumps([
+        dict(variant=name, flags=flags, seeds=1, diverged=0, top1_mean=top1, top1_std=None,
+             delta=None if i == 0 else round(top1 - 70.16, 2), verdict=None, train_minutes=38.9 + i)
+        for i, (name, flags, top1) in enumerate(variants)]))
+    (folder / 'runs.json').write_text(json.dumps([
+        dict(variant=name, seed=0, status='ok', train_images=45000, heldout_images=5000, hardware='CPU (test)',
+             held_out_top1=top1, nstep_last=11.9 - i, residual_last=0.078 - 0.01 * i)
+        for i, (name, flags, top1) in enumerate(variants)]))
+    return folder
+
+
+def test_export_keeps_how_the_recipe_was_chosen_and_checks_the_run_trained_with_it(tmp_path):
+    choices = ablation_folder(tmp_path)
+    run = make_run(tmp_path / 'runs', 'deq_resnet_tiny.c10', jac_reg_weight=0.5)  # the recipe's own setting
+    out = tmp_path / 'hub'
+    # the run kept the recipe's Jacobian weight, so it did not train with the no_jac variant
+    with pytest.raises(HubFolderError, match=r"did not train with the chosen variant: model_kwargs.jac_reg_weight is "
+                                             r"0.5, variant 'no_jac' \(--model-kwargs jac_reg_weight=0\) sets 0"):
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=out, choices=choices, chosen='no_jac')
+    with pytest.raises(HubFolderError, match="has no variant 'v2'; its variants are v1, no_jac, implicit"):
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=out, choices=choices, chosen='v2')
+    with pytest.raises(HubFolderError, match='--choices .* and --chosen .* go together'):
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=out, choices=choices)
+    unfinished = tmp_path / 'unfinished'  # an ablation still running has written its runs table only
+    unfinished.mkdir()
+    shutil.copyfile(choices / 'runs.json', unfinished / 'runs.json')
+    with pytest.raises(HubFolderError, match=r'not a finished .*bench ablation.* \(run.json missing\)'):
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=out, choices=unfinished, chosen='v1')
+    assert not out.exists() or list(out.iterdir()) == []
+
+    assert hub.main(['export', str(run), str(run / 'results.json'), '--hub-configs', str(out),
+                     '--choices', str(choices), '--chosen', 'v1']) == 0
+    folder = out / 'deq_resnet_tiny.c10'
+    kept = json.loads((folder / 'recipe_choices.json').read_text())
+    assert kept['chosen'] == 'v1' and [v['variant'] for v in kept['variants']] == ['v1', 'no_jac', 'implicit']
+    assert kept['heldout_images'] == 5000 and kept['variants'][2]['solver_rel_residual'] == pytest.approx(0.058)
+    card = (folder / 'README.md').read_text()
+    section = card[card.index('## How the recipe was chosen'):card.index('## Data')]
+    assert 'This checkpoint trained with **v1**.' in section and 'With one seed there is no measured resolution' in section
+    assert '| **v1** |  | 70.16 |' in section
+    assert '| no_jac | `--model-kwargs jac_reg_weight=0` | 70.90 | +0.74 |' in section
+    assert hub.verify_folder(folder, check_registration=False) == []
+    (folder / 'recipe_choices.json').write_text(json.dumps(dict(kept, chosen='implicit')))
+    assert any('recipe_choices.json: sha256' in p for p in hub.verify_folder(folder, check_registration=False))
+
+    no_jac = make_run(tmp_path / 'runs', 'deq_resnet_tiny.c10', seed=1, jac_reg_weight=0)
+    hub.export_checkpoint(no_jac, no_jac / 'results.json', hub_configs=out, overwrite=True, choices=choices,
+                          chosen='no_jac')
+    assert '| **no_jac** |' in (folder / 'README.md').read_text()
+
+
 def test_export_reads_validate_csv_results_the_same(published, tmp_path):
     run = published['runs']['wt_resnet_tiny.c10']
     rows = json.loads((run / 'results.json').read_text())

@@ -4,8 +4,9 @@ A card is never written by hand: :func:`render_card` builds ``README.md`` from t
 ``config.json``, the training run's ``train_args.yaml`` and ``train_summary.csv`` (train.py's
 args.yaml and summary.csv, copied by ``python -m wt_zoo.hub export``) and
 ``validation_results.json`` (validate.py's row for this checkpoint), and ``slice_results.json`` (the
-figure of the fixed slice CI re-validates, recorded by ``python -m wt_zoo.hub record-slice``) where
-it exists. ``hub verify`` renders the card again and fails on any difference, so the figures in a card
+figure of the fixed slice CI re-validates, recorded by ``python -m wt_zoo.hub record-slice``) and
+``recipe_choices.json`` (the held-out ablation the recipe's settings were chosen from, ``hub export
+--choices``) where they exist. ``hub verify`` renders the card again and fails on any difference, so the figures in a card
 are always those of the files beside it.
 """
 import csv
@@ -22,7 +23,7 @@ from .hub_ids import hub_repo_id
 
 __all__ = [
     'HubFolderError', 'DatasetInfo', 'TAG_DATASETS', 'TRAIN_ARGS', 'TRAIN_SUMMARY', 'VALIDATION_RESULTS', 'CARD',
-    'PAPER_BIBTEX', 'SLICE_RESULTS', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
+    'PAPER_BIBTEX', 'SLICE_RESULTS', 'RECIPE_CHOICES', 'recipe_choices', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
     'validation_figures', 'folder_validation', 'folder_slice', 'sha256_file', 'training_figures', 'build_from_config',
     'render_card',
 ]
@@ -31,6 +32,7 @@ TRAIN_ARGS = 'train_args.yaml'
 TRAIN_SUMMARY = 'train_summary.csv'
 VALIDATION_RESULTS = 'validation_results.json'
 SLICE_RESULTS = 'slice_results.json'
+RECIPE_CHOICES = 'recipe_choices.json'
 CARD = 'README.md'
 # Model arguments that shape only training (a loss term), not the function the weights compute. They stay in
 # train_args.yaml and leave the published config and the card's description of the model.
@@ -365,6 +367,76 @@ def build_from_config(config: Dict[str, Any]):
     return timm.create_model(config['architecture'], pretrained=False, **config.get('model_args', {}))
 
 
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    values = [float(v) for v in values if v is not None and v == v]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def recipe_choices(ablation_dir: Path, chosen: str) -> Dict[str, Any]:
+    """What a ``bench ablation`` folder tried, and which of its variants a checkpoint trained with: the card's
+    account of how its recipe was chosen (held-out figures only), kept beside the weights."""
+    folder = Path(ablation_dir)
+    try:
+        run = json.loads((folder / 'run.json').read_text())
+        variants = json.loads((folder / 'variants.json').read_text())
+        runs = json.loads((folder / 'runs.json').read_text())
+    except FileNotFoundError as e:
+        raise HubFolderError(f'{folder}: not a finished `python -m wt_zoo.bench ablation` results folder '
+                             f'({Path(e.filename).name} missing)') from None
+    names = [row['variant'] for row in variants]
+    if chosen not in names:
+        raise HubFolderError(f'{folder}: has no variant {chosen!r}; its variants are {", ".join(names)}')
+    settings = run.get('settings', {})
+    rows = []
+    for row in variants:
+        done = [r for r in runs if r['variant'] == row['variant'] and r.get('status') == 'ok']
+        rows.append(dict(variant=row['variant'], flags=row.get('flags') or '', seeds=row.get('seeds'),
+                         diverged=row.get('diverged'), heldout_top1=row.get('top1_mean'),
+                         heldout_top1_std=row.get('top1_std'), delta=row.get('delta'), verdict=row.get('verdict'),
+                         train_minutes=row.get('train_minutes'),
+                         solver_nstep=_mean([r.get('nstep_last') for r in done]),
+                         solver_rel_residual=_mean([r.get('residual_last') for r in done])))
+    heldout = {r.get('heldout_images') for r in runs} - {None}
+    trained = {r.get('train_images') for r in runs} - {None}
+    return dict(command=run['command'], git_commit=run['git_commit'], date=run.get('date'),
+                recipe=settings.get('recipe'), epochs=settings.get('epochs'), seeds=settings.get('seeds'),
+                train_images=trained.pop() if len(trained) == 1 else None,
+                heldout_images=heldout.pop() if len(heldout) == 1 else None,
+                hardware=next((r['hardware'] for r in runs if r.get('hardware')), None),
+                resolution=run.get('resolution'), chosen=chosen, variants=rows)
+
+
+def _choices_lines(choices: Dict[str, Any]) -> List[str]:
+    def cell(value, spec='{:.2f}'):
+        return '' if value is None else spec.format(value)
+    seeds = choices.get('seeds') or []
+    resolution = choices.get('resolution')
+    lines = [
+        '## How the recipe was chosen', '',
+        f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`'
+        + (f', {choices["hardware"]}' if choices.get('hardware') else '') + ') trained each variant of '
+        f'`{choices["recipe"]}` for {choices["epochs"]} epochs'
+        + (f' on {choices["train_images"]:,} training images' if choices.get('train_images') else '')
+        + (f', {len(seeds)} seed' + ('s' if len(seeds) != 1 else '') if seeds else '')
+        + (f', and scored the last epoch\'s weights on {choices["heldout_images"]:,} images held out of the training '
+           'split' if choices.get('heldout_images') else '') + '. '
+        + (f'Resolution {resolution:.2f} points (twice the seed-to-seed standard deviation): a variant differs from the '
+           'first only outside it.' if resolution is not None else
+           'With one seed there is no measured resolution: small differences may be seed noise.'),
+        '', f'This checkpoint trained with **{choices["chosen"]}**.', '',
+        '| variant | flags over the recipe | held-out top-1 (%) | vs first | verdict | diverged | solver iterations '
+        '| relative residual | training min |',
+        '|---|---|---|---|---|---|---|---|---|',
+    ]
+    for row in choices['variants']:
+        name = f'**{row["variant"]}**' if row['variant'] == choices['chosen'] else row['variant']
+        flags = f'`{row["flags"]}`' if row['flags'] else ''
+        lines.append(f'| {name} | {flags} | {cell(row["heldout_top1"])} | {cell(row["delta"], "{:+.2f}")} | '
+                     f'{row["verdict"] or ""} | {cell(row["diverged"], "{}")} | {cell(row["solver_nstep"], "{:.1f}")} | '
+                     f'{cell(row["solver_rel_residual"], "{:.3f}")} | {cell(row["train_minutes"], "{:.1f}")} |')
+    return lines + ['', 'Solver figures are the last epoch\'s on the held-out split, mean over seeds.', '']
+
+
 def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     """README.md for a hub_configs folder, from its config.json and results files only.
 
@@ -464,6 +536,10 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         '',
         f'The complete flags are in `{TRAIN_ARGS}`; with the wt-zoo repository, '
         f'`python train.py --config {TRAIN_ARGS}` trains this recipe again.', '',
+    ]
+    if (folder / RECIPE_CHOICES).is_file():
+        lines += _choices_lines(json.loads((folder / RECIPE_CHOICES).read_text()))
+    lines += [
         '## Data', '',
         data.caveat or f'Trained and evaluated on {data.title} (original files).', '',
         '## Usage', '',

@@ -46,9 +46,9 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.file_download import are_symlinks_supported, repo_folder_name
 from huggingface_hub.utils.sha import git_hash
 
-from .cards import (CARD, SLICE_RESULTS, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, TRAINING_ONLY_MODEL_ARGS,
+from .cards import (CARD, RECIPE_CHOICES, SLICE_RESULTS, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, TRAINING_ONLY_MODEL_ARGS,
                     VALIDATION_RESULTS, HubFolderError, build_from_config, folder_slice, folder_validation,
-                    read_args, read_result_rows, read_summary, render_card, select_result_row, sha256_file,
+                    read_args, read_result_rows, read_summary, recipe_choices, render_card, select_result_row, sha256_file,
                     training_figures, validation_figures)
 from . import ARCHITECTURES, FAMILIES, zoo_family
 from .hub_ids import (HUB_CONFIGS_ENV, HUB_ORG, REPO_HUB_CONFIGS, hub_configs_dirs, hub_repo_id,
@@ -62,7 +62,7 @@ __all__ = [
     'regenerate_card', 'write_manifest', 'read_manifest', 'cache_revision', 'check_files', 'check_weights',
     'load_weights', 'pretrained_cfg_overlay', 'verify_folder', 'verify_all', 'is_published_dir', 'install_folder',
     'install_cache', 'push_plan', 'push', 'demo', 'SLICE', 'SLICE_RESULTS', 'tolerance_images', 'validate_args',
-    'record_slice', 'reproduce', 'main',
+    'record_slice', 'reproduce', 'check_chosen_settings', 'main',
 ]
 
 CONFIG = 'config.json'
@@ -522,12 +522,15 @@ def regenerate_card(folder: Path, name: Optional[str] = None) -> Path:
 
 def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = None,
                       hub_configs: Optional[Path] = None, hardware: Optional[str] = None,
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, choices: Optional[Path] = None,
+                      chosen: Optional[str] = None) -> Path:
     """A train.py run folder + validate.py results -> ``hub_configs/<arch>.<tag>/``, verified.
 
     The weights go through timm's ``save_for_hf`` (safetensors) after a strict load into the
     registered tag's model, so config.json carries that tag's pretrained cfg. ``hardware`` is
-    recorded into train_args.yaml when the run did not record it (the card must state it).
+    recorded into train_args.yaml when the run did not record it (the card must state it). ``choices``, a
+    ``bench ablation`` results folder, and ``chosen``, the variant the run trained with, become the card's
+    account of how the recipe was chosen; the run must carry the settings that variant's flags change.
     The folder is staged beside its target and moved into place only once it verifies.
     """
     import timm
@@ -568,6 +571,12 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
         raise HubFolderError(f'{run_dir}: the run\'s model arguments do not build {name}: {e}') from None
     weights = run_dir / WEIGHTS
     load_strict(model, load_weights(weights), weights, name)
+    if (choices is None) != (chosen is None):
+        raise HubFolderError('export: --choices (a bench ablation folder) and --chosen (its variant this run trained '
+                             'with) go together')
+    choice_record = recipe_choices(choices, chosen) if choices is not None else None
+    if choice_record is not None:
+        check_chosen_settings(choice_record, args, run_dir / ARGS_FILE)
     rows = read_result_rows(results_file)
     row = select_result_row(rows, name, results_file)
     problems = results_problems(validation_figures(row, results_file), model, name, results_file)
@@ -588,6 +597,8 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
         (stage / TRAIN_ARGS).write_text(yaml.safe_dump(published_args, sort_keys=True))
         shutil.copyfile(run_dir / SUMMARY_FILE, stage / TRAIN_SUMMARY)
         (stage / VALIDATION_RESULTS).write_text(json.dumps([row], indent=2) + '\n')
+        if choice_record is not None:
+            (stage / RECIPE_CHOICES).write_text(json.dumps(choice_record, indent=2) + '\n')
         write_card(stage, name, model)
         _plain_modes(stage)
         problems = verify_folder(stage, name, check_registration=False)
@@ -604,6 +615,31 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
         if stage.exists():
             shutil.rmtree(stage)
     return target
+
+
+def check_chosen_settings(choices: Dict[str, Any], args: Dict[str, Any], args_path: Path) -> None:
+    """The run trained with the chosen variant: every setting its flags change from the ablation's recipe (a
+    model argument included) has that value in the run's args.yaml."""
+    import shlex
+    from .trainer import parse_train_args
+    recipe = REPO_HUB_CONFIGS.parent / str(choices['recipe'])
+    if not recipe.is_file():
+        raise HubFolderError(f'{recipe}: the ablation\'s recipe is not in this checkout, so the chosen variant\'s '
+                             'settings cannot be checked')
+    flags = next(v['flags'] for v in choices['variants'] if v['variant'] == choices['chosen'])
+    base = vars(parse_train_args(['--config', str(recipe)]))
+    varied = vars(parse_train_args(['--config', str(recipe), *shlex.split(flags)]))
+    expected = {f'model_kwargs.{k}': v for k, v in (varied.get('model_kwargs') or {}).items()
+                if (base.get('model_kwargs') or {}).get(k, object()) != v}
+    expected.update({k: v for k, v in varied.items() if k != 'model_kwargs' and base.get(k) != v})
+    run_kwargs = args.get('model_kwargs') or {}
+    wrong = []
+    for key, value in expected.items():
+        actual = run_kwargs.get(key.split('.', 1)[1]) if key.startswith('model_kwargs.') else args.get(key)
+        if actual != value:
+            wrong.append(f'{key} is {actual!r}, variant {choices["chosen"]!r} ({flags}) sets {value!r}')
+    if wrong:
+        raise HubFolderError(f'{args_path}: the run did not train with the chosen variant: ' + '; '.join(wrong))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -946,6 +982,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument('--hub-configs', type=Path, default=None,
                    help=f'default: the first of WT_ZOO_HUB_CONFIGS, else {REPO_HUB_CONFIGS}')
     p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--choices', type=Path, default=None, metavar='ABLATION_DIR',
+                   help='a `bench ablation` results folder the recipe was chosen from (the card shows it)')
+    p.add_argument('--chosen', default=None, metavar='VARIANT', help='with --choices: the variant this run trained with')
     for cmd, text in (('verify', 'check every (or the named) Hub folder'),
                       ('card', 'regenerate README.md and SHA256SUMS of the named folders from their files'),
                       ('install-cache', 'place Hub folders into the Hugging Face cache layout'),
@@ -981,7 +1020,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == 'export':
             folder = export_checkpoint(args.run_dir, args.results_file, args.name, args.hub_configs, args.hardware,
-                                       args.overwrite)
+                                       args.overwrite, args.choices, args.chosen)
             print(f'exported {folder}')
         elif args.command == 'verify':
             if not is_published_dir(args.hub_configs):
