@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from wt_zoo.bench import claims
 from wt_zoo.bench.claims import FAILS, HOLDS, MIXED, NOT_MEASURED, UNRESOLVED, combine, judge, judge_ratio
@@ -147,6 +148,31 @@ def test_claims_judge_synthetic_results_and_fill_in_when_a_measurement_appears(t
     _stability(results, wt_mean=45.0, deq_mean=50.0, std=1.0)
     rows = claims.build(results, hub)
     assert [r for r in _by_id(rows, 'accuracy_wt_vs_deq_epochs') if r['source'] == 'stability'][0]['verdict'] == FAILS
+
+
+def test_one_run_figures_of_the_fast_recipe_use_its_measured_seed_resolution(tmp_path):
+    results, hub = tmp_path / 'results', tmp_path / 'hub_configs'
+    _stability(results, wt_mean=50.0, deq_mean=45.0, std=2.0)  # borrowed resolution: 4 points
+    _write(results / 'ablation' / 'fast_recipe_tiny', 'run.json',
+           dict(command='python -m wt_zoo.bench ablation', date='d', git_commit='c3', resolution=0.6,
+                settings=dict(recipe='configs/wt_resnet_tiny.c10.yaml', epochs=16, seeds=[0, 1])))
+    tta = results / 'time_to_accuracy'
+    # the DEQ twin's recipe differs from WT's only in what makes it a DEQ: both are the fast recipe
+    rows = [dict(_tta_row('wt_resnet_tiny.c10', 80.0, 10.0), config='configs/wt_resnet_tiny.c10.yaml'),
+            dict(_tta_row('deq_resnet_tiny.c10', 78.0, 10.0), config='configs/deq_resnet_tiny.c10.yaml')]
+    _write(tta, 'summary.json', rows)
+    _write(tta, 'curves.json', _curve('wt_resnet_tiny.c10', 80.0, 10.0) + _curve('deq_resnet_tiny.c10', 78.0, 10.0))
+    [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
+    assert wall['comparisons'][0]['resolution'] == 0.6 and wall['verdict'] == HOLDS  # +2.00 against 0.6
+
+    # a twin trained with another learning rate is not the recipe the seeds were measured for: borrowed, unresolved
+    other = tmp_path / 'other.yaml'
+    recipe = yaml.safe_load((REPO / 'configs' / 'deq_resnet_tiny.c10.yaml').read_text())
+    other.write_text(yaml.safe_dump(dict(recipe, lr=0.05)))
+    _write(tta, 'summary.json', [rows[0], dict(rows[1], config=str(other))])
+    [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
+    assert wall['comparisons'][0]['resolution'] == 4.0 and wall['verdict'] == UNRESOLVED
+    assert any(s['source'] == 'results/ablation/fast_recipe_tiny' for s in claims.sources(results, hub))
 
 
 def test_stability_claims_read_runs_of_the_zoos_recipes_on_the_full_split(tmp_path):

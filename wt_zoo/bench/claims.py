@@ -45,6 +45,12 @@ TIMING_FLOOR = 0.05       # speed ratios within 5 % of 1 never count: timings on
 MEMORY_RESOLUTION = 0.05  # peak memory is allocator accounting, not a timing: ratios within 5 % of 1 do not count
 SOLVER_RESOLUTION = 0.5   # DEQ solver iterations: a change of half an iteration or less does not count
 ASSUMED_SEED_RESOLUTION = 1.0  # points, only when no seed spread has been measured at all
+# The fast recipe's seed spread, measured by `bench ablation` over seeds; one-run figures of runs that trained with
+# its settings use it. Settings it does not depend on: the model, how long, the seed, the data split and the numeric
+# path (auto-chosen), and what makes a DEQ a DEQ.
+FAST_RECIPE_ABLATION = 'ablation/fast_recipe_tiny'
+_RUN_SPECIFIC = frozenset({'model', 'experiment', 'epochs', 'seed', 'dataset', 'val_split_size', 'val_split_seed',
+                           'amp', 'amp_dtype', 'channels_last', 'model_kwargs', 'unrolled_warmup_epochs'})
 
 RESULTS = REPO_ROOT / 'results'
 HUB_CONFIGS = REPO_ROOT / 'hub_configs'
@@ -110,10 +116,14 @@ RULES = f"""\
 - A finding whose source has no measurement yet is **{NOT_MEASURED}**; the row fills in when the results
   file gains it (e.g. a DEQ curve in results/time_to_accuracy).
 - Accuracy, several seeds (stability): twice the larger of the two seed-to-seed standard deviations.
-- Accuracy, one run each (published checkpoints, time to accuracy): no seed spread was measured at that
-  regime, so the resolution is borrowed: twice the largest seed-to-seed standard deviation results/stability
-  measured (short runs, likely noisier than longer ones, so the borrowed figure errs towards
-  "{UNRESOLVED}"); {ASSUMED_SEED_RESOLUTION:g} point when no stability results exist.
+- Accuracy, one run each (published checkpoints, time to accuracy), trained with the fast recipe's settings
+  (every line of results/{FAST_RECIPE_ABLATION}'s recipe but the model, epochs, seed, data split, numeric path
+  and DEQ settings): the fast recipe's seed resolution, twice the pooled seed-to-seed standard deviation that
+  ablation measured (tiny, 16 epochs; borrowed for other sizes and lengths).
+- Accuracy, one run each, any other recipe: no seed spread was measured at that regime, so the resolution is
+  borrowed: twice the largest seed-to-seed standard deviation results/stability measured (short runs, likely
+  noisier than longer ones, so the borrowed figure errs towards "{UNRESOLVED}"); {ASSUMED_SEED_RESOLUTION:g}
+  point when no stability results exist.
 - Accuracy in the sweep (one seed): the resolution docs/guidelines.md states and uses, twice the WT
   seed-to-seed standard deviation at the stability learning rate nearest the sweep's.
 - Speed: ratio of images/s; it counts outside [1/(1+r), 1+r], r = twice the larger interquartile range
@@ -168,7 +178,7 @@ class Sources:
             args = read_args(folder / 'train_args.yaml')
             epochs = len(read_summary(folder / 'train_summary.csv'))
             slice_file = _json(folder / 'slice_results.json') or {}
-            rows.append(dict(name=name, arch=arch, tag=tag, family=arch.split('_')[0], size=arch.rsplit('_', 1)[-1],
+            rows.append(dict(name=name, arch=arch, tag=tag, args=args, family=arch.split('_')[0], size=arch.rsplit('_', 1)[-1],
                              top1=float(val['top1']), samples=val.get('samples'), split=val.get('split', 'test'),
                              epochs=epochs, dataset=args.get('dataset'), val_split_size=args.get('val_split_size'),
                              train_subset=args.get('train_subset'), seed=args.get('seed'), lr=args.get('lr'),
@@ -192,6 +202,35 @@ def borrowed_resolution(src: Sources) -> float:
     """For one-run accuracy figures: twice the largest seed-to-seed std results/stability measured."""
     rows = _seed_std_rows(src)
     return 2 * max(r['top1_std'] for r in rows) if rows else ASSUMED_SEED_RESOLUTION
+
+
+def fast_recipe(src: Sources) -> Optional[Dict[str, Any]]:
+    """The fast recipe's measured seed resolution and the settings a run must share to use it (None: not measured)."""
+    import yaml
+    run = src.run(FAST_RECIPE_ABLATION)
+    recipe = run.get('settings', {}).get('recipe')
+    if run.get('resolution') is None or not recipe or not (REPO_ROOT / recipe).is_file():
+        return None
+    settings = yaml.safe_load((REPO_ROOT / recipe).read_text())
+    return dict(resolution=run['resolution'], recipe=recipe,
+                settings={k: v for k, v in settings.items() if k not in _RUN_SPECIFIC})
+
+
+def _recipe_args(config: Optional[str]) -> Dict[str, Any]:
+    """A time-to-accuracy row's recipe file, as the settings it trained with."""
+    import yaml
+    path = Path(config or '')
+    path = path if path.is_absolute() else REPO_ROOT / path
+    return (yaml.safe_load(path.read_text()) or {}) if config and path.is_file() else {}
+
+
+def accuracy_resolution(src: Sources, *runs_args: Dict[str, Any]) -> float:
+    """For one-run accuracy figures: the fast recipe's seed resolution when every run trained with its settings,
+    else the borrowed one."""
+    fast = fast_recipe(src)
+    if fast and runs_args and all(all(args.get(k) == v for k, v in fast['settings'].items()) for args in runs_args):
+        return fast['resolution']
+    return borrowed_resolution(src)
 
 
 def sweep_resolution(src: Sources) -> float:
@@ -292,12 +331,12 @@ def _checkpoint_pairs(src: Sources, family: str, twin: str) -> List[Tuple[Dict[s
 
 def _checkpoint_row(src: Sources, claim_id: str, claim: str, winner: str, loser: str) -> Dict[str, Any]:
     """``winner`` claimed more accurate than ``loser`` on each published pair."""
-    tol = borrowed_resolution(src)
     if winner == 'wt':  # (WT, twin) as _checkpoint_pairs gives them
         pairs = _checkpoint_pairs(src, loser, 'wt')
     else:
         pairs = [(b, a) for a, b in _checkpoint_pairs(src, winner, loser)]
-    comparisons = [_points(f"{a['size']} .{a['tag']}", a['top1'], b['top1'], tol, (winner.upper(), loser.upper()))
+    comparisons = [_points(f"{a['size']} .{a['tag']}", a['top1'], b['top1'], accuracy_resolution(src, a['args'], b['args']),
+                           (winner.upper(), loser.upper()))
                    for a, b in pairs]
     return _row(claim_id, claim, 'published checkpoints, test top-1', 'hub_configs/README.md',
                 _checkpoint_regime(pairs) if pairs else '', comparisons,
@@ -343,7 +382,6 @@ def _value_at(curve: Sequence[Dict[str, Any]], minutes: float) -> Optional[Dict[
 def _wall_time_row(src: Sources, claim_id: str, claim: str, winner: str, loser: str) -> Dict[str, Any]:
     summary = src.table('time_to_accuracy', 'summary')
     curves = src.table('time_to_accuracy', 'curves')
-    tol = borrowed_resolution(src)
     index = {}
     for r in summary:
         arch, _, tag = r['model'].partition('.')
@@ -362,6 +400,7 @@ def _wall_time_row(src: Sources, claim_id: str, claim: str, winner: str, loser: 
         if pa is None or pb is None:
             continue
         subject = f'{size} .{tag} at {common:.1f} min'
+        tol = accuracy_resolution(src, _recipe_args(a.get('config')), _recipe_args(b.get('config')))
         cmp_ = _points(subject, pa['heldout_top1'], pb['heldout_top1'], tol, (winner.upper(), loser.upper()))
         cmp_['text'] = cmp_['text'].replace(f'{subject}: ', f'{subject}, held-out: ', 1)
         reached = [f"{k.split('_')[-1]} % in {a[k]:.1f} vs {b[k]:.1f} min" if b.get(k) is not None
@@ -651,7 +690,7 @@ def sources(results: Path = RESULTS, hub_configs: Path = HUB_CONFIGS) -> List[Di
     """What each source is and which command and commit made it."""
     src = Sources(results, hub_configs)
     out = []
-    for folder in ('efficiency', 'stability', 'sweep', 'train_speed'):
+    for folder in ('efficiency', 'stability', 'sweep', 'train_speed', FAST_RECIPE_ABLATION):
         run = src.run(folder)
         if run:
             out.append(dict(source=f'results/{folder}', command=run.get('command', '?'), date=run.get('date', '?'),
