@@ -620,7 +620,6 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
 def check_chosen_settings(choices: Dict[str, Any], args: Dict[str, Any], args_path: Path) -> None:
     """The run trained with the chosen variant: every setting its flags change from the ablation's recipe (a
     model argument included) has that value in the run's args.yaml."""
-    import shlex
     from .trainer import parse_train_args
     recipe = REPO_HUB_CONFIGS.parent / str(choices['recipe'])
     if not recipe.is_file():

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..training import atomic_write_text, write_results
 from .recipe import stability_regime, sweep_regime
 from .stability import solver_trend
-from .common import REPO_ROOT, log
+from .common import FAST_RECIPE_ABLATION, REPO_ROOT, log
 
 __all__ = ['add_arguments', 'run', 'judge', 'judge_ratio', 'combine', 'build', 'render_readme', 'readme_section',
            'write', 'HOLDS', 'FAILS', 'UNRESOLVED', 'MIXED', 'NOT_MEASURED']
@@ -45,10 +45,8 @@ TIMING_FLOOR = 0.05       # speed ratios within 5 % of 1 never count: timings on
 MEMORY_RESOLUTION = 0.05  # peak memory is allocator accounting, not a timing: ratios within 5 % of 1 do not count
 SOLVER_RESOLUTION = 0.5   # DEQ solver iterations: a change of half an iteration or less does not count
 ASSUMED_SEED_RESOLUTION = 1.0  # points, only when no seed spread has been measured at all
-# The fast recipe's seed spread, measured by `bench ablation` over seeds; one-run figures of runs that trained with
-# its settings use it. Settings it does not depend on: the model, how long, the seed, the data split and the numeric
-# path (auto-chosen), and what makes a DEQ a DEQ.
-FAST_RECIPE_ABLATION = 'ablation/fast_recipe_tiny'
+# Settings the fast recipe's seed resolution (FAST_RECIPE_ABLATION) does not depend on: the model, how long, the
+# seed, the data split and the numeric path (auto-chosen), and what makes a DEQ a DEQ.
 _RUN_SPECIFIC = frozenset({'model', 'experiment', 'epochs', 'seed', 'dataset', 'val_split_size', 'val_split_seed',
                            'amp', 'amp_dtype', 'channels_last', 'model_kwargs', 'unrolled_warmup_epochs'})
 
@@ -206,18 +204,17 @@ def borrowed_resolution(src: Sources) -> float:
 
 def fast_recipe(src: Sources) -> Optional[Dict[str, Any]]:
     """The fast recipe's measured seed resolution and the settings a run must share to use it (None: not measured)."""
-    import yaml
     run = src.run(FAST_RECIPE_ABLATION)
     recipe = run.get('settings', {}).get('recipe')
-    if run.get('resolution') is None or not recipe or not (REPO_ROOT / recipe).is_file():
+    settings = _recipe_args(recipe)
+    if run.get('resolution') is None or not settings:
         return None
-    settings = yaml.safe_load((REPO_ROOT / recipe).read_text())
     return dict(resolution=run['resolution'], recipe=recipe,
                 settings={k: v for k, v in settings.items() if k not in _RUN_SPECIFIC})
 
 
 def _recipe_args(config: Optional[str]) -> Dict[str, Any]:
-    """A time-to-accuracy row's recipe file, as the settings it trained with."""
+    """A recipe file (absolute, or relative to the repository) as the settings it trains with; {} when absent."""
     import yaml
     path = Path(config or '')
     path = path if path.is_absolute() else REPO_ROOT / path

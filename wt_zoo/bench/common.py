@@ -23,10 +23,13 @@ import torch
 from ..training import atomic_write_text, cpu_model, parse_kwargs_value, plain, write_results
 
 __all__ = [
-    'REPO_ROOT', 'ModelSpec', 'parse_model_specs', 'ResultsFolder', 'Column', 'markdown_table', 'machine_info',
+    'REPO_ROOT', 'FAST_RECIPE_ABLATION', 'ModelSpec', 'parse_model_specs', 'ResultsFolder', 'Column', 'markdown_table', 'machine_info',
     'git_commit', 'log', 'warn_if_busy', 'Progress', 'read_table',
 ]
 
+# The fast recipe's seed-to-seed spread, measured by `bench ablation` over seeds (results/<this>/run.json): what
+# one-run figures of that recipe are read against (claims, time-to-accuracy's limits).
+FAST_RECIPE_ABLATION = 'ablation/fast_recipe_tiny'
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Arguments that shape the architecture and so carry over from a model to its dense weight-tied twin;

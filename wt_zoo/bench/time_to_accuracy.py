@@ -28,14 +28,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..training import atomic_write_text, plain
-from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
+from .common import FAST_RECIPE_ABLATION, REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 
 __all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'bar_lines', 'readme_section']
 
 PLAN_FILE = 'time_to_accuracy_plan.json'
-# The fast recipe's seed-to-seed resolution (twice the pooled seed std, `bench ablation`): a curve's gain smaller
-# than this is not a gain.
-SEED_RESOLUTION_RUN = REPO_ROOT / 'results' / 'ablation' / 'fast_recipe_tiny' / 'run.json'
+# The fast recipe's seed-to-seed resolution (twice the pooled seed std): a curve's gain smaller than this is not a gain.
+SEED_RESOLUTION_RUN = REPO_ROOT / 'results' / FAST_RECIPE_ABLATION / 'run.json'
 WATCH_IMAGES = 1000  # a whole-split run's per-epoch look at the test split: divergence only, never a choice
 
 # The zoo's CPU bars (2 cores): CIFAR-10 test top-1 of the finished weights, training minutes at most.
