@@ -533,7 +533,13 @@ def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_
     auto = rows[4]
     assert auto['path'] == f'auto: {chosen[0]["path"]}, timed again' and positive(auto['of_best'])
     assert paths[5] == 'data path alone (on-device loader)' and positive(rows[5]['images_per_s'])
-    assert all(positive(r['of_fp32_matmul_peak']) for r in rows[:5])  # WT: FLOPs from results/profile.json
+    # WT: FLOPs from results/profile.json, each row against the peak timed at its own precision
+    peaks = json.loads((out / 'run.json').read_text())['peaks']
+    assert set(peaks) == {'fp32', 'bf16'} and all(p['gflops_per_s'] == max(p['kernels'].values()) for p in peaks.values())
+    for row in rows[:5]:
+        assert row['precision'] == ('bf16' if 'bf16' in row['path'] else 'fp32')
+        assert row['of_peak'] == pytest.approx(row['train_gflops_per_s'] / peaks[row['precision']]['gflops_per_s'],
+                                               abs=2e-3)
     section = readme_section(out)
     assert '| wt_resnet_tiny | 16 |' in section and chosen[0]['path'] in section
 

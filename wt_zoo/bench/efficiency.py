@@ -32,7 +32,7 @@ from torch.utils.benchmark import Timer
 from ..profile import _flops, profile_model
 from .common import Column, ModelSpec, ResultsFolder, log, markdown_table, parse_model_specs, warn_if_busy
 
-__all__ = ['add_arguments', 'run', 'timing_images', 'matmul_peak', 'peak_training_memory', 'evaluate_bars']
+__all__ = ['add_arguments', 'run', 'timing_images', 'matmul_peak', 'kernel_peaks', 'peak_training_memory', 'evaluate_bars']
 
 BAR_OVERHEAD = 0.05      # wtsm eval inference at most 5% slower than its dense WT twin
 BAR_DEQ_SPEEDUP = 2.0    # WT inference at least 2x its DEQ twin
@@ -102,6 +102,42 @@ def matmul_peak(n: int, device: str, threads: int, min_run_time: float) -> Dict[
     out = torch.empty(n, n, device=device)
     seconds, iqr = _timer(lambda: torch.mm(a, b, out=out), threads, min_run_time)
     return dict(gmacs_per_s=n ** 3 / seconds / 1e9, gflops_2n3_per_s=2 * n ** 3 / seconds / 1e9, iqr=iqr)
+
+
+# A 3x3 convolution shaped like the small models' middle stage (batch 64, 128 -> 128 channels, 16 x 16).
+PEAK_CONV_SHAPE = dict(batch=64, channels=128, size=16, kernel=3)
+
+
+def kernel_peaks(matmul_size: int, device: str, threads: int, min_run_time: float,
+                 dtypes: Sequence[torch.dtype] = (torch.float32, torch.bfloat16)) -> Dict[str, Dict[str, Any]]:
+    """The best GFLOP/s (2 flops a multiply-add) of an n x n matmul and of a 3x3 convolution, per dtype.
+
+    A training step's fraction of a peak only reads as 'how much is left' against the fastest kernel the
+    machine runs at the step's own precision: on CPU, oneDNN's convolutions outrun the BLAS matmul, and a
+    bf16 step would read above 100 % of an fp32 figure.
+    """
+    g = torch.Generator().manual_seed(0)
+    c, hw, k, b = (PEAK_CONV_SHAPE[key] for key in ('channels', 'size', 'kernel', 'batch'))
+    peaks: Dict[str, Dict[str, Any]] = {}
+    for dtype in dtypes:
+        a = torch.randn(matmul_size, matmul_size, generator=g).to(device, dtype)
+        m = torch.randn(matmul_size, matmul_size, generator=g).to(device, dtype)
+        x = torch.randn(b, c, hw, hw, generator=g).to(device, dtype)
+        w = torch.randn(c, c, k, k, generator=g).to(device, dtype)
+        conv_flops = 2 * b * c * c * k * k * hw * hw
+        kernels = {}
+        with torch.inference_mode():
+            seconds, _ = _timer(lambda: torch.mm(a, m), threads, min_run_time)
+            kernels[f'{matmul_size}x{matmul_size} matmul'] = 2 * matmul_size ** 3 / seconds / 1e9
+            for layout, fmt in (('', torch.contiguous_format), (', channels_last', torch.channels_last)):
+                xf, wf = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
+                seconds, _ = _timer(lambda: F.conv2d(xf, wf, padding=k // 2), threads, min_run_time)
+                kernels[f'{k}x{k} conv {c}->{c} ch, {hw}x{hw}, batch {b}{layout}'] = conv_flops / seconds / 1e9
+        best = max(kernels, key=kernels.get)
+        name = str(dtype).replace('torch.', '').replace('float32', 'fp32').replace('bfloat16', 'bf16')
+        peaks[name] = dict(gflops_per_s=round(kernels[best], 1), kernel=best,
+                           kernels={key: round(v, 1) for key, v in kernels.items()})
+    return peaks
 
 
 def _mean_nstep(model) -> Optional[float]:

@@ -16,9 +16,10 @@ as above, and the optimizer's update alone (fixed gradients, 20 updates), whose 
 would hide.
 
 Training FLOP/s counts fvcore's forward multiply-adds (results/profile.json) three times per image
-(forward, and backward's two products) and two flops a multiply-add, as a fraction of this machine's
-fp32 matmul throughput measured in the same run; DEQ models are left out of that column, since their
-work per image depends on the solver's iterations.
+(forward, and backward's two products) and two flops a multiply-add, as a fraction of the fastest kernel
+this machine runs at the row's precision, measured in the same run (the best of an n x n matmul and a
+3x3 convolution in both layouts, :func:`wt_zoo.bench.efficiency.kernel_peaks`); DEQ models are left out
+of that column, since their work per image depends on the solver's iterations.
 
     python -m wt_zoo.bench train-speed
 """
@@ -33,7 +34,7 @@ import torch
 
 from ..trainer import OPT_IMPLS
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
-from .efficiency import matmul_peak
+from .efficiency import PEAK_CONV_SHAPE, kernel_peaks
 
 __all__ = ['add_arguments', 'run', 'readme_section']
 
@@ -55,7 +56,7 @@ def add_arguments(parser) -> None:
                         help="optimizer implementations (train.py's --opt-impl) timed at each --sweep-batch-sizes")
     parser.add_argument('--sweep-rounds', type=int, default=2,
                         help='rounds over the implementations at each sweep batch size; each keeps its fastest')
-    parser.add_argument('--matmul-size', type=int, default=2048, help='n of the fp32 n x n matmul peak')
+    parser.add_argument('--matmul-size', type=int, default=2048, help='n of the n x n matmul timed for the peaks')
     parser.add_argument('--out', default=str(REPO_ROOT / 'results' / 'train_speed'), help='results folder')
     parser.add_argument('--train-args', default='', metavar='"FLAGS"',
                         help='train.py flags for every recipe, one string: --train-args="--device cuda"')
@@ -88,17 +89,20 @@ def measure(config: str, batch_size: int, train_args: List[str], with_compile: b
     run = TrainingRun(args)
     try:
         base = dict(model=args.model.split('.')[0], batch_size=batch_size, hardware=describe_hardware(run.ctx.device))
+        amp_precision = _PRECISIONS.get(args.amp_dtype, args.amp_dtype)
         rows = [dict(base, path=_path_name(t['amp'], t['channels_last']), images_per_s=t['images_per_s'],
+                     precision=amp_precision if t['amp'] else 'fp32',
                      chosen=(t['amp'], t['channels_last']) == (args.amp == 'on', args.channels_last == 'on'))
                 for t in run.fast_path_timings]
         best = max(r['images_per_s'] for r in rows)
         again = batch_size / run.seconds_per_step()
+        chosen_precision = amp_precision if args.amp == 'on' else 'fp32'
         rows.append(dict(base, path='auto: ' + _path_name(args.amp == 'on', args.channels_last == 'on') + ', timed again',
-                         images_per_s=round(again, 2), of_best=round(again / best, 3)))
+                         images_per_s=round(again, 2), of_best=round(again / best, 3), precision=chosen_precision))
         if with_compile:
             seconds = run.seconds_per_step(compile=True, warmup=2)
             rows.append(dict(base, path='auto path + torch.compile(model)', images_per_s=round(batch_size / seconds, 2),
-                             of_best=round(batch_size / seconds / best, 3)))
+                             of_best=round(batch_size / seconds / best, 3), precision=chosen_precision))
         rows.append(dict(base, path='data path alone (on-device loader)',
                          images_per_s=round(_data_images_per_s(run, data_batches), 1)))
         return rows
@@ -159,6 +163,9 @@ def measure_batch_and_optimizer(config: str, amp: bool, channels_last: bool, bat
     return rows
 
 
+_PRECISIONS = {'bfloat16': 'bf16', 'float16': 'fp16'}
+
+
 def _path_name(amp: bool, channels_last: bool) -> str:
     return ('bf16 autocast' if amp else 'fp32') + (' + channels_last' if channels_last else '')
 
@@ -169,7 +176,7 @@ def run(args, argv) -> int:
     from ..trainer import parse_train_args
     train_args = shlex.split(args.train_args)
     device = parse_train_args(train_args).device or ('cuda' if torch.cuda.is_available() else 'cpu')
-    peak = matmul_peak(args.matmul_size, device, torch.get_num_threads(), min_run_time=1.0)
+    peaks = kernel_peaks(args.matmul_size, device, torch.get_num_threads(), min_run_time=1.0)
     gmacs = _profile_gmacs()
     rows: List[Dict[str, Any]] = []
     sweep_rows: List[Dict[str, Any]] = []
@@ -183,8 +190,9 @@ def run(args, argv) -> int:
                 macs = gmacs.get(row['model'])
                 if macs and not row['model'].startswith('deq') and not row['path'].startswith('data'):
                     flops = row['images_per_s'] * 3 * macs * 2
-                    row.update(train_gflops_per_s=round(flops, 1),
-                               of_fp32_matmul_peak=round(flops / peak['gflops_2n3_per_s'], 3))
+                    row['train_gflops_per_s'] = round(flops, 1)
+                    if row['precision'] in peaks:
+                        row['of_peak'] = round(flops / peaks[row['precision']]['gflops_per_s'], 3)
                 if row.get('chosen') and batch_size == max(args.batch_sizes):
                     chosen = row
                 rows.append(row)
@@ -200,20 +208,31 @@ def run(args, argv) -> int:
     columns = [Column('model', 'model'), Column('batch_size', 'batch'), Column('path', 'path'),
                Column('images_per_s', 'train img/s', '{:.0f}'), Column('chosen', 'auto picks', lambda v: 'yes' if v else ''),
                Column('of_best', 'of best', '{:.0%}'), Column('train_gflops_per_s', 'train GFLOP/s', '{:.0f}'),
-               Column('of_fp32_matmul_peak', 'of fp32 matmul peak', '{:.0%}')]
+               Column('of_peak', 'of peak at its precision', '{:.0%}')]
     auto_rows = [r for r in rows if r['path'].startswith('auto:')]
     worst = min(auto_rows, key=lambda r: r['of_best']) if auto_rows else None
     verdict = (f'The path `auto` picks, timed again, runs at {worst["of_best"]:.0%} or more of the best path timed '
                f'for the same model and batch (lowest: {worst["model"]}, batch {worst["batch_size"]}).' if worst else '')
     folder.finish('Training speed per numeric path', [
-        f'Machine: {rows[0]["hardware"] if rows else device}; fp32 {args.matmul_size}x{args.matmul_size} matmul '
-        f'{peak["gflops_2n3_per_s"]:.0f} GFLOP/s in this run; 1-minute load average at start {load}. Each timing is '
+        f'Machine: {rows[0]["hardware"] if rows else device}; 1-minute load average at start {load}. Each timing is '
         'the mean of 3 training steps after 2 warm-up steps on one real CIFAR-10 batch (a copy of the model, a fresh '
-        'optimizer), so it carries a few per cent of noise. ' + verdict + ' A fraction of the fp32 matmul figure above '
-        '100 % means the convolutions outran that torch.mm reference (oneDNN\'s convolution kernels against the '
-        'BLAS matmul): the reference is not a ceiling, so read that column as relative between rows.',
-        markdown_table(rows, columns), *_batch_optimizer_sections(sweep_rows)])
+        'optimizer), so it carries a few per cent of noise. ' + verdict,
+        _peaks_paragraph(peaks), markdown_table(rows, columns), *_batch_optimizer_sections(sweep_rows)],
+                  extra=dict(peaks=peaks))
     return 0
+
+
+def _peaks_paragraph(peaks: Dict[str, Dict[str, Any]]) -> str:
+    shape = PEAK_CONV_SHAPE
+    lines = [f'- {name}: **{p["gflops_per_s"]:.0f} GFLOP/s** ({p["kernel"]}); '
+             + ', '.join(f'{kernel} {value:.0f}' for kernel, value in p['kernels'].items())
+             for name, p in peaks.items()]
+    return ('"of peak at its precision" is a row\'s training GFLOP/s against the fastest kernel timed in this run at '
+            'the precision the row computes in (bf16 autocast rows against bf16 kernels, the rest against fp32): the '
+            f'best of an n x n matmul and a {shape["kernel"]}x{shape["kernel"]} convolution ({shape["channels"]} -> '
+            f'{shape["channels"]} channels, {shape["size"]}x{shape["size"]}, batch {shape["batch"]}) in both layouts, '
+            'two flops a multiply-add (run.json keeps each kernel). A training step runs backward kernels and small layers too, so '
+            'the gap to 100 % is what is left to gain at that precision, an upper bound:\n\n' + '\n'.join(lines))
 
 
 _OPT_IMPL_WORDS = {'default': "torch's default (for-loop on CPU, foreach on CUDA)", 'for-loop': 'the per-tensor for-loop',
