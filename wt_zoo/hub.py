@@ -628,11 +628,14 @@ def check_chosen_settings(choices: Dict[str, Any], args: Dict[str, Any], args_pa
     flags = next(v['flags'] for v in choices['variants'] if v['variant'] == choices['chosen'])
     base = vars(parse_train_args(['--config', str(recipe)]))
     varied = vars(parse_train_args(['--config', str(recipe), *shlex.split(flags)]))
-    # a model argument the flags name is checked even when the recipe has since adopted its value
-    named = set(vars(parse_train_args(shlex.split(flags))).get('model_kwargs') or {})
+    # a setting the flags name is checked even when the recipe has since adopted its value
+    defaults, given = vars(parse_train_args([])), vars(parse_train_args(shlex.split(flags)))
+    named = {k for k, v in given.items() if k != 'model_kwargs' and defaults.get(k) != v}
+    named_kwargs = set(given.get('model_kwargs') or {})
     expected = {f'model_kwargs.{k}': v for k, v in (varied.get('model_kwargs') or {}).items()
-                if k in named or (base.get('model_kwargs') or {}).get(k, object()) != v}
-    expected.update({k: v for k, v in varied.items() if k != 'model_kwargs' and base.get(k) != v})
+                if k in named_kwargs or (base.get('model_kwargs') or {}).get(k, object()) != v}
+    expected.update({k: v for k, v in varied.items()
+                     if k != 'model_kwargs' and (k in named or base.get(k) != v)})
     run_kwargs = args.get('model_kwargs') or {}
     wrong = []
     for key, value in expected.items():
