@@ -3,6 +3,7 @@ README) with the right rows and columns, plus its provenance. The measured figur
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -141,10 +142,17 @@ def test_stability_records_divergence_accuracy_spread_and_solver_curves(fake_cif
     command = ['stability', '--recipes', *recipes, '--seeds', '0', '1', '--lrs', '0.05', '1e30', '--epochs', '2',
                *TINY_DATA, '--out', str(out), '--runs', str(runs_dir), '--data-dir', str(fake_cifar10),
                '--data-cache', str(data_cache)]
+    # a sitting too short for the bench stops after the run under way and says the results are partial
+    assert bench_main([*command, '--stop-after', '0']) == 0
+    assert len(check_tables(out, 'runs', 'summary')['runs']) == 1
+    assert '**Partial: 1 of 8 runs finished**' in (out / 'README.md').read_text()
+    assert json.loads((out / 'run.json').read_text())['runs_finished'] == 1
+    # the same command again goes on from there
     assert bench_main(command) == 0
     tables = check_tables(out, 'runs', 'curves', 'summary')
     runs = tables['runs']
     assert len(runs) == 8
+    assert 'Partial' not in (out / 'README.md').read_text()
     assert {(r['family'], r['lr'], r['seed']) for r in runs} == {
         (m, lr, s) for m in ('wt', 'deq') for lr in (0.05, 1e30) for s in (0, 1)}
     for r in runs:
@@ -180,9 +188,14 @@ def test_stability_records_divergence_accuracy_spread_and_solver_curves(fake_cif
     # a run folder holds one run: asking it for another recipe is refused, not spliced
     with pytest.raises(SystemExit, match='cannot continue'):
         bench_main([*command[:command.index('--epochs')], '--epochs', '3', *command[command.index('--epochs') + 2:]])
+    # on a machine that was not kept the run folders are gone: the outcomes the results folder keeps stand for them
+    shutil.rmtree(runs_dir)
+    assert bench_main(command) == 0
+    assert check_tables(out, 'runs', 'curves')['runs'] == runs
+    assert len(list((out / 'outcomes').glob('*.json'))) == 8
 
 
-def test_an_interrupted_bench_run_resumes_to_the_same_outcome(fake_cifar10, data_cache, tmp_path):
+def test_an_interrupted_bench_run_resumes_to_the_same_outcome(fake_cifar10, data_cache, tmp_path, monkeypatch):
     from wt_zoo.bench.recipe import OUTCOME_FILE, train_outcome
     recipe = tiny_recipe(tmp_path / 'wt.yaml', 'wt_resnet_tiny', model_kwargs=dict(width=16, depth=2))
     flags = ['--config', recipe, '--epochs', '2', '--val-split-size', '32', '--train-subset', '32', '--seed', '3']
@@ -201,6 +214,16 @@ def test_an_interrupted_bench_run_resumes_to_the_same_outcome(fake_cifar10, data
     # a comment in the recipe changes nothing; a setting does, and the folder refuses to continue
     Path(recipe).write_text(Path(recipe).read_text() + '# the same recipe\n')
     assert train_outcome(tmp_path / 'cut', flags, where) == resumed
+    # a finished run's outcome is kept beside the results; its folder lost, the kept copy is read back, untrained
+    assert train_outcome(tmp_path / 'whole', flags, where, keep_dir=tmp_path / 'kept') == whole
+    shutil.rmtree(tmp_path / 'whole')
+    monkeypatch.setattr(bench_recipe, 'open_run', lambda *a, **k: pytest.fail('a kept outcome was trained again'))
+    assert train_outcome(tmp_path / 'whole', flags, where, keep_dir=tmp_path / 'kept') == whole
+    assert json.loads((tmp_path / 'whole' / OUTCOME_FILE).read_text()) == whole
+    # a kept outcome stands for its own run only
+    shutil.rmtree(tmp_path / 'whole')
+    with pytest.raises(SystemExit, match='keeps the outcome of'):
+        train_outcome(tmp_path / 'whole', [*flags[:-1], '4'], where, keep_dir=tmp_path / 'kept')
     Path(recipe).write_text(Path(recipe).read_text().replace('smoothing: 0.1', 'smoothing: 0.2'))
     with pytest.raises(SystemExit, match='its recipe file changed'):
         train_outcome(tmp_path / 'cut', flags, where)

@@ -186,6 +186,12 @@ def test_stability_claims_read_runs_of_the_zoos_recipes_on_the_full_split(tmp_pa
     assert acc['verdict'] == HOLDS
     assert acc['regime'].startswith('10 epochs of `wt_resnet_tiny.c10.yaml`, `deq_resnet_tiny.c10.yaml` on all 45,000 '
                                     'CIFAR-10 training images; held-out top-1 on 5,000 images, 3 seeds')
+    # a stability bench that --stop-after ended early: its rows say they stand on the runs so far
+    run = json.loads((results / 'stability' / 'run.json').read_text())
+    _write(results / 'stability', 'run.json', dict(run, runs_finished=5, runs_planned=24))
+    [acc] = [r for r in _by_id(claims.build(results, tmp_path / 'hub_configs'), 'accuracy_wt_vs_deq_epochs')
+             if r['source'] == 'stability']
+    assert acc['regime'].endswith('; partial, 5 of 24 runs')
 
 
 def test_the_sweeps_own_seeds_set_its_resolution(tmp_path):

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..tta import TTA_MODES
-from .common import Column, Progress, ResultsFolder, log, markdown_table, warn_if_busy
+from .common import Column, Progress, ResultsFolder, log, markdown_table, partial_section, warn_if_busy
 from .recipe import add_recipe_arguments, data_flags, fill_defaults, mean_std, pooled_std, recipe_overrides, train_outcome
 
 __all__ = ['add_arguments', 'run', 'parse_variant', 'summarise']
@@ -133,12 +133,12 @@ def run(args, argv: Sequence[str]) -> int:
     progress = Progress([1.0] * len(todo))
     runs: List[Dict[str, Any]] = []
     curves: Dict[Tuple[str, int], Any] = {}
-    for name, flags, seed in todo:
+    for name, flags, seed in progress.within(todo, args.stop_after):
         what = f'{name} seed {seed}'
         progress.start(what)
         run_dir = f'{runs_dir}/{name}-seed{seed}'
         outcome = train_outcome(run_dir, ['--config', args.recipe, *shared, '--seed', str(seed), *flags],
-                                data_flags(args), tta=args.tta)
+                                data_flags(args), tta=args.tta, keep_dir=folder.outcomes)
         row = dict(variant=name, seed=seed, run_folder=run_dir)
         row.update((k, v) for k, v in outcome.items() if k not in row and k not in ('history', 'model_kwargs'))
         curves[(name, seed)] = learning_curve(outcome.get('history', []))
@@ -151,8 +151,9 @@ def run(args, argv: Sequence[str]) -> int:
     rows, resolution = summarise(runs, args.variants, args.tta, curves)
     folder.write_table('variants', rows)
     sections = format_sections(rows, runs, resolution, args)
-    readme = folder.finish(f'Ablation of `{args.recipe}` on the held-out split', sections,
-                           extra=dict(resolution=resolution))
+    readme = folder.finish(f'Ablation of `{args.recipe}` on the held-out split',
+                           partial_section(len(runs), len(todo)) + sections,
+                           extra=dict(resolution=resolution, runs_finished=len(runs), runs_planned=len(todo)))
     print(sections[1])
     log(f'wrote {readme.parent}/ (README.md, variants/runs .csv and .json, run.json)')
     return 0

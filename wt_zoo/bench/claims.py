@@ -241,11 +241,18 @@ def sweep_resolution(src: Sources) -> float:
 
 
 def _stability_regime(src: Sources) -> str:
-    return stability_regime(src.settings('stability'))
+    return stability_regime(src.settings('stability')) + _partial(src, 'stability')
 
 
 def _sweep_regime(src: Sources) -> str:
-    return sweep_regime(src.settings('sweep'))
+    return sweep_regime(src.settings('sweep')) + _partial(src, 'sweep')
+
+
+def _partial(src: Sources, folder: str) -> str:
+    """A bench stopped by --stop-after before its last run: its figures are from the runs so far."""
+    run = src.run(folder)
+    done, planned = run.get('runs_finished'), run.get('runs_planned')
+    return f'; partial, {done} of {planned} runs' if done is not None and planned and done < planned else ''
 
 
 def _checkpoint_regime(pairs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]]) -> str:

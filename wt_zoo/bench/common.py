@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -24,7 +24,7 @@ from ..training import atomic_write_text, cpu_model, parse_kwargs_value, plain, 
 
 __all__ = [
     'REPO_ROOT', 'FAST_RECIPE_ABLATION', 'ModelSpec', 'parse_model_specs', 'ResultsFolder', 'Column', 'markdown_table', 'machine_info',
-    'git_commit', 'log', 'warn_if_busy', 'Progress', 'read_table',
+    'git_commit', 'log', 'warn_if_busy', 'Progress', 'partial_section', 'read_table',
 ]
 
 # The fast recipe's seed-to-seed spread, measured by `bench ablation` over seeds (results/<this>/run.json): what
@@ -186,6 +186,9 @@ class ResultsFolder:
     def __init__(self, path, subcommand: str, argv: Sequence[str], settings: Optional[Dict[str, Any]] = None):
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        # each finished training run's outcome, committed with the tables: a bench spanning sittings goes on
+        # from here when its run folders are lost with the machine (see recipe.train_outcome)
+        self.outcomes = self.path / 'outcomes'
         self.subcommand = subcommand
         self.provenance: Dict[str, Any] = dict(
             command='python -m wt_zoo.bench ' + shlex.join([subcommand, *argv]),
@@ -265,3 +268,23 @@ class Progress:
         total = sum(self.costs)
         eta = elapsed * (total - self.done_cost) / self.done_cost if self.done_cost > 0 else float('nan')
         log(f'[{self.index}/{len(self.costs)}] {what} (elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)')
+
+    def within(self, todo: Sequence[Any], stop_after_minutes: Optional[float]) -> Iterator[Any]:
+        """The work items in order until ``stop_after_minutes`` have passed (``--stop-after``: a bench longer
+        than one sitting stops between runs, not inside one). The item under way finishes; the first is always
+        taken."""
+        for index, item in enumerate(todo):
+            minutes = (time.perf_counter() - self.started) / 60
+            if index and stop_after_minutes is not None and minutes >= stop_after_minutes:
+                log(f'--stop-after {stop_after_minutes:g}: {minutes:.1f} min passed, {len(todo) - index} of '
+                    f'{len(todo)} runs left; rerun the same command to go on')
+                return
+            yield item
+
+
+def partial_section(done: int, planned: int) -> List[str]:
+    """The line a results README opens with when ``--stop-after`` ended the bench before its last run."""
+    if done >= planned:
+        return []
+    return [f'**Partial: {done} of {planned} runs finished** (`--stop-after` ended this sitting); the tables hold '
+            'those runs only. Rerun the same command to go on: finished runs are read back from `outcomes/`.']

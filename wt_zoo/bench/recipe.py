@@ -83,11 +83,15 @@ def _heldout_top1(row: Dict[str, Any]) -> float:
 
 
 def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[str] = (),
-                  tta: str = 'none') -> Dict[str, Any]:
+                  tta: str = 'none', keep_dir: Optional[Path] = None) -> Dict[str, Any]:
     """Train ``flags`` (train.py's) in ``run_dir`` to the end, or read the finished outcome back.
 
     ``location_flags`` (where the data lies: --data-dir, --data-cache) join the run but not its
     definition, so a run started on one machine finishes on another.
+
+    ``keep_dir`` (a bench's results folder, which is committed) keeps a copy of each finished outcome
+    with its request: a bench that spans sittings on machines that are not kept (the run folders lost)
+    reads a finished run back from there instead of training it again. Only the unfinished run is lost.
 
     The outcome: ``status`` ('ok' or 'diverged', with ``error`` and ``diverged_epoch``), the final
     epoch's held-out top-1 (the EMA's when the recipe keeps one; never the best epoch's, which would
@@ -96,10 +100,21 @@ def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[
     epoch (evaluation solves even after an unrolled warm-up epoch). ``tta`` (a :mod:`wt_zoo.tta` mode)
     adds the same weights' test-time-augmented held-out top-1 beside the plain one, never instead.
     """
-    from ..trainer import TrainingStopped
     flags = [str(f) for f in flags]
     run_dir = Path(run_dir)
     _check_request(run_dir, flags)
+    kept = Path(keep_dir) / f'{run_dir.name}.json' if keep_dir is not None else None
+    if kept is not None and kept.is_file() and not (run_dir / OUTCOME_FILE).is_file():
+        _restore_kept(kept, run_dir, flags, tta)
+    outcome = _finished_outcome(run_dir, flags, location_flags, tta)
+    if kept is not None:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(kept, json.dumps(dict(request=_request(flags), outcome=outcome), indent=2) + '\n')
+    return outcome
+
+
+def _finished_outcome(run_dir: Path, flags: List[str], location_flags: Sequence[str], tta: str) -> Dict[str, Any]:
+    from ..trainer import TrainingStopped
     path = run_dir / OUTCOME_FILE
     if path.is_file():
         outcome = json.loads(path.read_text())
@@ -142,8 +157,24 @@ def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[
                        nstep_last=float(solving[-1]['eval_solver_nstep']),
                        residual_first=float(solving[0]['eval_solver_rel_residual']),
                        residual_last=float(solving[-1]['eval_solver_rel_residual']))
-    atomic_write_text(path, json.dumps(plain(outcome), indent=2) + '\n')
+    outcome = plain(outcome)
+    atomic_write_text(path, json.dumps(outcome, indent=2) + '\n')
     return outcome
+
+
+def _restore_kept(kept: Path, run_dir: Path, flags: List[str], tta: str) -> None:
+    """Put a kept outcome back into its (new) run folder, if it is the outcome of the run asked for."""
+    saved = json.loads(kept.read_text())
+    if saved.get('request') != _request(flags):
+        raise SystemExit(f'error: {kept} keeps the outcome of `{shlex.join(saved.get("request", {}).get("flags", []))}`,'
+                         f' not of `{shlex.join(flags)}` (or its recipe file changed since); move it away to train '
+                         'the run again (a kept outcome stands for one run, never another)')
+    outcome = saved['outcome']
+    if tta != 'none' and outcome['status'] == 'ok' and f'held_out_{_tta_key(tta)}' not in outcome \
+            and not (run_dir / LAST_CHECKPOINT).is_file():
+        raise SystemExit(f'error: {kept} keeps no --tta {tta} figure and {run_dir} no checkpoint to compute it from; '
+                         'move the kept outcome away to train the run again')
+    atomic_write_text(run_dir / OUTCOME_FILE, json.dumps(outcome, indent=2) + '\n')
 
 
 def _tta_key(mode: str) -> str:
@@ -200,6 +231,10 @@ def add_recipe_arguments(parser, cpu_defaults: Dict[str, Any], cuda_defaults: Di
     parser.add_argument('--data-cache', default=None, help='decoded-image cache folder')
     parser.add_argument('--train-args', default='', metavar='"FLAGS"',
                         help='further train.py flags for every run, e.g. "--img-size 16 --cutout 8"')
+    parser.add_argument('--stop-after', type=float, default=None, metavar='MINUTES',
+                        help='start no new run after this many minutes (the one under way finishes) and write the '
+                             'results so far, marked partial; rerunning the same command goes on from there '
+                             '(default: run to the end)')
 
 
 def fill_defaults(args, cpu_defaults: Dict[str, Any], cuda_defaults: Dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from .common import Column, Progress, ResultsFolder, log, markdown_table, warn_if_busy
+from .common import Column, Progress, ResultsFolder, log, markdown_table, partial_section, warn_if_busy
 from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, mean_std,
                      recipe_overrides, train_outcome)
 
@@ -182,12 +182,12 @@ def run(args, argv: Sequence[str]) -> int:
     progress = Progress([1.0 if model.startswith('wt') else 4.0 for _, model, _, _ in todo])
     runs: List[Dict[str, Any]] = []
     curves: List[Dict[str, Any]] = []
-    for recipe, model, lr, seed in todo:
+    for recipe, model, lr, seed in progress.within(todo, args.stop_after):
         what = f'{model} lr {lr:g} seed {seed}'
         progress.start(what)
         run_dir = f'{args.runs}/{model}-lr{lr:g}-seed{seed}'
         flags = ['--config', recipe, '--lr', str(lr), '--seed', str(seed), *shared]
-        outcome = train_outcome(run_dir, flags, data_flags(args))
+        outcome = train_outcome(run_dir, flags, data_flags(args), keep_dir=folder.outcomes)
         row = _run_row(model, lr, seed, outcome, run_dir)
         runs.append(row)
         curves.extend(_curve_rows(model, lr, seed, outcome))
@@ -203,7 +203,9 @@ def run(args, argv: Sequence[str]) -> int:
     folder.write_table('summary', summary)
     plots = plot(runs, curves, folder.path)
     sections = format_sections(runs, summary, plots, args)
-    readme = folder.finish('Stability: weight-tied vs DEQ twins over seeds and learning rates', sections)
+    readme = folder.finish('Stability: weight-tied vs DEQ twins over seeds and learning rates',
+                           partial_section(len(runs), len(todo)) + sections,
+                           extra=dict(runs_finished=len(runs), runs_planned=len(todo)))
     print(sections[1])
     log(f'wrote {readme.parent}/ (README.md, runs/curves/summary .csv and .json, plots, run.json)')
     return 0

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .common import Column, ModelSpec, Progress, ResultsFolder, log, markdown_table, warn_if_busy
+from .common import Column, ModelSpec, Progress, ResultsFolder, log, markdown_table, partial_section, warn_if_busy
 from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, mean_std, model_kwargs_flags,
                      pooled_std, recipe_overrides, train_outcome)
 
@@ -307,13 +307,13 @@ def run(args, argv: Sequence[str]) -> int:
     shared = recipe_overrides(args) + (['--lr', str(args.lr)] if args.lr is not None else [])
     progress = Progress([estimates[cfg.key] for cfg, _ in todo])
     runs: List[Dict[str, Any]] = []
-    for cfg, seed in todo:
+    for cfg, seed in progress.within(todo, args.stop_after):
         spec = cfg.spec()
         progress.start(f'{cfg.key} seed {seed} ({profiles[cfg.key]["effective_gflops"]:.4f} effective GFLOPs)')
         flags = ['--config', args.recipe, '--model', spec.name, *model_kwargs_flags(spec.kwargs_dict()), '--seed',
                  str(seed), *shared]
         run_dir = f'{args.runs}/{cfg.key}-seed{seed}'
-        outcome = train_outcome(run_dir, flags, data_flags(args))
+        outcome = train_outcome(run_dir, flags, data_flags(args), keep_dir=folder.outcomes)
         row = dict(cfg.as_row(), **profiles[cfg.key], seed=seed,
                    **{k: outcome.get(k) for k in ('status', 'held_out_top1', 'held_out_loss', 'final_train_loss',
                                                   'train_seconds', 'train_img_s', 'epochs_done', 'train_images',
@@ -332,8 +332,10 @@ def run(args, argv: Sequence[str]) -> int:
                       for cfg in grid])
     plots = plot(rows, folder.path)
     sections = format_sections(rows, runs, std, plots, args)
-    readme = folder.finish('Sweep: depth x width x mask density under the zoo\'s recipe', sections,
-                           extra=dict(seed_std_pooled=std, resolution=2 * std if std is not None else None))
+    readme = folder.finish('Sweep: depth x width x mask density under the zoo\'s recipe',
+                           partial_section(len(runs), len(todo)) + sections,
+                           extra=dict(seed_std_pooled=std, resolution=2 * std if std is not None else None,
+                                      runs_finished=len(runs), runs_planned=len(todo)))
     print(sections[1])
     log(f'wrote {readme.parent}/ (README.md, sweep/runs .csv and .json, plots, run.json); '
         f'docs: python -m wt_zoo.bench guidelines --sweep-results {args.out}')
