@@ -377,7 +377,8 @@ def test_deq_solver_solves_further_only_when_asked_and_never_reads_test(tmp_path
 
 
 def test_deq_solver_needs_a_held_out_split(tmp_path):
-    from wt_zoo.bench.deq_solver import choose, held_out_flags
+    from wt_zoo.bench.deq_solver import held_out_flags
+    from wt_zoo.cards import choose_solver_cap as choose
     (tmp_path / 'train_args.yaml').write_text('dataset: cifar10\nval_split_size: 0\n')
     with pytest.raises(SystemExit, match='held nothing out of its training split'):
         held_out_flags(tmp_path)

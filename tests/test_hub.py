@@ -159,16 +159,57 @@ def test_export_writes_save_for_hf_folder_with_manifest(published):
 
 
 def test_export_leaves_training_only_model_args_out_of_the_published_config(tmp_path):
-    """Jacobian regularisation is a loss term: loading by name and by config.json must build the same DEQ."""
-    run = make_run(tmp_path / 'runs', 'deq_resnet_tiny.c10', jac_reg_weight=0.5)
+    """Jacobian regularisation (a loss term) and the gradient (the backward pass) do not change what the weights
+    compute: loading by name and by config.json must build the same DEQ, and the card says how it trained."""
+    run = make_run(tmp_path / 'runs', 'deq_resnet_tiny.c10', jac_reg_weight=0.5, grad_mode='implicit', b_max_iter=20)
     assert hub.main(['export', str(run), str(run / 'results.json'), '--hub-configs', str(tmp_path / 'hub')]) == 0
     folder = tmp_path / 'hub' / 'deq_resnet_tiny.c10'
-    assert 'jac_reg_weight' not in json.loads((folder / 'config.json').read_text())['model_args']
-    assert yaml.safe_load((folder / 'train_args.yaml').read_text())['model_kwargs']['jac_reg_weight'] == 0.5
+    model_args = json.loads((folder / 'config.json').read_text())['model_args']
+    assert not {'jac_reg_weight', 'grad_mode', 'b_max_iter'} & set(model_args)
+    assert yaml.safe_load((folder / 'train_args.yaml').read_text())['model_kwargs']['grad_mode'] == 'implicit'
     assert hub.verify_folder(folder, check_registration=False) == []
     card = (folder / 'README.md').read_text()
     iteration = next(line for line in card.splitlines() if line.startswith('- Iteration:'))
-    assert 'f_solver=' in iteration and 'jac_reg_weight' not in iteration  # the recipe table still shows it
+    solved, trained = iteration.split('; trained with ')
+    assert 'f_solver=anderson' in solved and 'grad_mode' not in solved
+    # the run's settings, the model's default where the run named none; phantom_steps only for phantom gradients
+    assert trained.startswith('jac_reg_weight=0.5, grad_mode=implicit, b_solver=fixed_point_iter, b_max_iter=20 ')
+    assert 'phantom_steps' not in trained
+
+
+def test_export_writes_the_tags_own_model_arguments_and_verify_ties_them_to_the_name(tmp_path, monkeypatch):
+    """A test-time solver cap chosen for a tag is in its config.json, so ``hf-hub:`` and the name build one model;
+    a folder whose config.json says otherwise than the name fails verify."""
+    from wt_zoo.models.implicit_resnet import TAG_MODEL_ARGS
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=24))
+    run = make_run(tmp_path / 'runs', 'deq_resnet_tiny.c10')
+    solver = tmp_path / 'deq_solver'  # what `bench deq-solver` writes: cap 24 best on the held-out split
+    solver.mkdir()
+    (solver / 'run.json').write_text(json.dumps(dict(command='python -m wt_zoo.bench deq-solver deq_resnet_tiny.c10',
+                                                     git_commit='0123456789abcdef', machine=dict(cpu_model='test'))))
+    caps = [dict(model='deq_resnet_tiny.c10', eval_f_max_iter=cap, solver_cap=cap or 12, top1=top1, solver_nstep=nstep,
+                 solver_rel_residual=residual, samples=2000, split='val')
+            for cap, top1, nstep, residual in ((0, 70.1, 12.0, 0.07), (24, 70.6, 23.5, 0.03), (48, 70.6, 40.2, 0.02))]
+    (solver / 'solver.json').write_text(json.dumps(caps + [dict(caps[0], model='mdeq_tiny.c10', top1=99.0)]))
+    export = ['export', str(run), str(run / 'results.json'), '--hub-configs', str(tmp_path / 'hub'),
+              '--solver-choices', str(solver)]
+    assert hub.main(export) == 0
+    folder = tmp_path / 'hub' / 'deq_resnet_tiny.c10'
+    assert json.loads((folder / 'config.json').read_text())['model_args']['eval_f_max_iter'] == 24
+    assert hub.verify_folder(folder, check_registration=False) == []
+    card = (folder / 'README.md').read_text()
+    iteration = next(line for line in card.splitlines() if line.startswith('- Iteration:'))
+    assert 'eval_f_max_iter=24' in iteration
+    assert 'solves with **eval_f_max_iter=24**' in card and '| **24** | 24 | 70.60 | 23.5 | 0.030 |' in card
+    assert '99.00' not in card  # another tag's rows stay out
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=48))  # not what was chosen
+    with pytest.raises(HubFolderError, match='chose eval_f_max_iter=24 .* builds eval_f_max_iter=48'):
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / 'hub', overwrite=True,
+                              solver_choices_dir=solver)
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=24))
+    monkeypatch.delitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10')  # the name now builds the training cap only
+    assert any('build a different model' in p and 'eval_f_max_iter' in p
+               for p in hub.verify_folder(folder, check_registration=False))
 
 
 def test_card_figures_come_from_the_results_files(published):

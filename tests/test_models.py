@@ -492,3 +492,16 @@ def test_pretrained_cfgs_describe_the_datasets():
     assert c10['input_size'] == (3, 32, 32) and c10['num_classes'] == 10
     assert fmnist.in_chans == 1 and fmnist.pretrained_cfg['input_size'] == (1, 28, 28)
     assert fmnist.pretrained_cfg['pool_size'] == (7, 7)
+
+
+def test_a_tags_own_model_arguments_follow_the_tag_and_yield_to_the_caller(monkeypatch):
+    """A checkpoint's test-time solver cap belongs to its tag: loading it by name builds it, another tag of the
+    same architecture does not, and the caller's argument wins."""
+    from wt_zoo.models.implicit_resnet import TAG_MODEL_ARGS
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.fmnist', dict(eval_f_max_iter=30))
+    cap = lambda name, **kwargs: timm.create_model(name, **kwargs).deq_args['eval_f_max_iter']
+    assert cap('deq_resnet_tiny.fmnist') == 30
+    assert cap('deq_resnet_tiny.c10') == 0 and cap('deq_resnet_tiny') == 0  # no tag: timm's default tag, c10
+    assert cap('deq_resnet_tiny.fmnist', eval_f_max_iter=5) == 5
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=18))
+    assert cap('deq_resnet_tiny') == 18

@@ -23,7 +23,8 @@ from .hub_ids import hub_repo_id
 
 __all__ = [
     'HubFolderError', 'DatasetInfo', 'TAG_DATASETS', 'TRAIN_ARGS', 'TRAIN_SUMMARY', 'VALIDATION_RESULTS', 'CARD',
-    'PAPER_BIBTEX', 'SLICE_RESULTS', 'RECIPE_CHOICES', 'recipe_choices', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
+    'PAPER_BIBTEX', 'SLICE_RESULTS', 'RECIPE_CHOICES', 'SOLVER_CHOICES', 'recipe_choices', 'choose_solver_cap',
+    'solver_choices', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
     'validation_figures', 'folder_validation', 'folder_slice', 'sha256_file', 'training_figures', 'build_from_config',
     'render_card',
 ]
@@ -33,10 +34,12 @@ TRAIN_SUMMARY = 'train_summary.csv'
 VALIDATION_RESULTS = 'validation_results.json'
 SLICE_RESULTS = 'slice_results.json'
 RECIPE_CHOICES = 'recipe_choices.json'
+SOLVER_CHOICES = 'solver_choices.json'
 CARD = 'README.md'
-# Model arguments that shape only training (a loss term), not the function the weights compute. They stay in
-# train_args.yaml and leave the published config and the card's description of the model.
-TRAINING_ONLY_MODEL_ARGS = ('jac_reg_weight',)
+# Model arguments that shape only training (a loss term, a DEQ's backward pass), not the function the weights
+# compute: evaluation returns the solver's fixed point whatever gradient trained it. They stay in train_args.yaml
+# and leave the published config, so loading by name and by config.json build one model; the card says them.
+TRAINING_ONLY_MODEL_ARGS = ('jac_reg_weight', 'grad_mode', 'phantom_steps', 'b_solver', 'b_max_iter')
 
 PAPER_TITLE = 'Revisiting Implicit Models: Sparsity Trade-offs Capability in Weight-tied Model for Vision Tasks'
 PAPER_URL = 'https://arxiv.org/abs/2307.08013'
@@ -337,13 +340,20 @@ def _front_matter(name: str, config: Dict[str, Any], data: DatasetInfo, val: Dic
     return '---\n' + yaml.safe_dump(meta, sort_keys=False, width=1000) + '---\n'
 
 
-def _iteration_text(model) -> str:
-    """How each implicit layer iterates, read off the model config.json builds (so the card states the solver)."""
+def _iteration_text(model, args: Dict[str, Any]) -> str:
+    """How each implicit layer iterates, read off the model config.json builds (so the card states the solver);
+    for a DEQ also the training-only settings the run used (its flags, else the model's defaults)."""
     if getattr(model, 'deq_args', None):
         shown = {k: v for k, v in model.deq_args.items() if k not in TRAINING_ONLY_MODEL_ARGS}
         if not shown.get('eval_f_max_iter'):
             shown.pop('eval_f_max_iter', None)  # 0: evaluation solves with the training cap, said by f_max_iter
-        return 'solved to a fixed point with torchdeq, ' + ', '.join(f'{k}={v}' for k, v in shown.items())
+        run_kwargs = args.get('model_kwargs') or {}
+        trained = {k: run_kwargs.get(k, model.deq_args[k]) for k in TRAINING_ONLY_MODEL_ARGS if k in model.deq_args}
+        if trained.get('grad_mode') != 'phantom':
+            trained.pop('phantom_steps', None)
+        return ('solved to a fixed point with torchdeq, ' + ', '.join(f'{k}={v}' for k, v in shown.items())
+                + '; trained with ' + ', '.join(f'{k}={v}' for k, v in trained.items())
+                + ' (training-only settings, not in config.json: pass them to fine-tune the same way)')
     per_stage = hasattr(model, 'stages')  # a ResNet; a multi-resolution model has one implicit layer
     text = (f'{model.depth} unrolled iterations {"per stage" if per_stage else "of the block"}, '
             'weights shared across iterations')
@@ -364,7 +374,9 @@ def _layout_text(model) -> str:
 def build_from_config(config: Dict[str, Any]):
     """The model config.json describes, as ``hf-hub:`` loading builds it (random weights)."""
     import timm
-    return timm.create_model(config['architecture'], pretrained=False, **config.get('model_args', {}))
+    # hf-hub: passes the folder's pretrained cfg, whose tag picks the tag's own model arguments (TAG_MODEL_ARGS)
+    return timm.create_model(config['architecture'], pretrained=False, pretrained_cfg=config.get('pretrained_cfg'),
+                             **config.get('model_args', {}))
 
 
 def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
@@ -404,6 +416,47 @@ def recipe_choices(ablation_dir: Path, chosen: str) -> Dict[str, Any]:
                 heldout_images=heldout.pop() if len(heldout) == 1 else None,
                 hardware=next((r['hardware'] for r in runs if r.get('hardware')), None),
                 resolution=run.get('resolution'), chosen=chosen, variants=rows)
+
+
+def choose_solver_cap(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One tag's ``bench deq-solver`` rows -> the cap with the best held-out top-1, the cheaper cap on a tie."""
+    return max(rows, key=lambda r: (r['top1'], -r['solver_nstep']))
+
+
+def solver_choices(results_dir: Path, name: str) -> Dict[str, Any]:
+    """What a ``bench deq-solver`` folder measured for one tag on its held-out split, and the cap it chose: the
+    card's account of the test-time solver cap, kept beside the weights."""
+    folder = Path(results_dir)
+    try:
+        run = json.loads((folder / 'run.json').read_text())
+        rows = json.loads((folder / 'solver.json').read_text())
+    except FileNotFoundError as e:
+        raise HubFolderError(f'{folder}: not a finished `python -m wt_zoo.bench deq-solver` results folder '
+                             f'({Path(e.filename).name} missing)') from None
+    rows = [r for r in rows if r.get('model') == name]
+    if not rows:
+        raise HubFolderError(f'{folder}: measured no solver cap for {name}')
+    machine = run.get('machine') or {}
+    return dict(command=run['command'], git_commit=run['git_commit'], date=run.get('date'),
+                cpu=machine.get('cpu_model'), chosen=choose_solver_cap(rows)['eval_f_max_iter'], caps=rows)
+
+
+def _solver_choice_lines(choices: Dict[str, Any]) -> List[str]:
+    caps = choices['caps']
+    lines = [
+        '## How the test-time solver cap was chosen', '',
+        f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`) validated these '
+        f'weights on {caps[0]["samples"]:,} images held out of the training split once per cap '
+        '(`eval_f_max_iter`, 0 = the training cap); the best held-out top-1 wins, the cheaper cap on a tie. '
+        f'This checkpoint solves with **eval_f_max_iter={choices["chosen"]}**.', '',
+        '| eval_f_max_iter | solver cap | held-out top-1 (%) | mean iterations | mean rel. residual |',
+        '|---|---|---|---|---|',
+    ]
+    for row in caps:
+        cap = f'**{row["eval_f_max_iter"]}**' if row['eval_f_max_iter'] == choices['chosen'] else row['eval_f_max_iter']
+        lines.append(f'| {cap} | {row["solver_cap"]} | {row["top1"]:.2f} | {row["solver_nstep"]:.1f} | '
+                     f'{row["solver_rel_residual"]:.3f} |')
+    return lines + ['']
 
 
 def _choices_lines(choices: Dict[str, Any]) -> List[str]:
@@ -499,7 +552,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         f'- timm name: `{name}` (architecture `{arch}`, pretrained tag `{tag}`); Hub repository `{repo}`.',
         f'- Model arguments (config.json): {_fmt(config.get("model_args", {}))}.',
         _layout_text(model),
-        f'- Iteration: {_iteration_text(model)}.',
+        f'- Iteration: {_iteration_text(model, args)}.',
         f'- Input: {"x".join(str(s) for s in pcfg["input_size"])}, mean {_fmt(list(pcfg["mean"]))}, '
         f'std {_fmt(list(pcfg["std"]))}, {pcfg.get("interpolation", "bilinear")} interpolation, '
         f'crop_pct {pcfg.get("crop_pct", 1.0)}.',
@@ -539,6 +592,8 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     ]
     if (folder / RECIPE_CHOICES).is_file():
         lines += _choices_lines(json.loads((folder / RECIPE_CHOICES).read_text()))
+    if (folder / SOLVER_CHOICES).is_file():
+        lines += _solver_choice_lines(json.loads((folder / SOLVER_CHOICES).read_text()))
     lines += [
         '## Data', '',
         data.caveat or f'Trained and evaluated on {data.title} (original files).', '',

@@ -46,11 +46,12 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.file_download import are_symlinks_supported, repo_folder_name
 from huggingface_hub.utils.sha import git_hash
 
-from .cards import (CARD, RECIPE_CHOICES, SLICE_RESULTS, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY, TRAINING_ONLY_MODEL_ARGS,
-                    VALIDATION_RESULTS, HubFolderError, build_from_config, folder_slice, folder_validation,
-                    read_args, read_result_rows, read_summary, recipe_choices, render_card, select_result_row, sha256_file,
-                    training_figures, validation_figures)
+from .cards import (CARD, RECIPE_CHOICES, SLICE_RESULTS, SOLVER_CHOICES, TAG_DATASETS, TRAIN_ARGS, TRAIN_SUMMARY,
+                    TRAINING_ONLY_MODEL_ARGS, VALIDATION_RESULTS, HubFolderError, build_from_config, folder_slice,
+                    folder_validation, read_args, read_result_rows, read_summary, recipe_choices, render_card,
+                    select_result_row, sha256_file, solver_choices, training_figures, validation_figures)
 from . import ARCHITECTURES, FAMILIES, zoo_family
+from .models.implicit_resnet import TAG_MODEL_ARGS
 from .hub_ids import (HUB_CONFIGS_ENV, HUB_ORG, REPO_HUB_CONFIGS, hub_configs_dirs, hub_repo_id,
                       published_folders)
 
@@ -465,13 +466,14 @@ def verify_all(names: Iterable[str] = (), hub_configs: Optional[Path] = None,
 # export
 
 
-def _run_model_args(run_config: Dict[str, Any], args: Dict[str, Any]) -> Dict[str, Any]:
+def _run_model_args(run_config: Dict[str, Any], args: Dict[str, Any], name: str) -> Dict[str, Any]:
     """How the run built its model (train.py's config.json beside the weights, else its flags), less the
-    training-only arguments."""
+    training-only arguments, over the tag's own model arguments (e.g. a test-time solver cap chosen for it)."""
+    model_args = dict(TAG_MODEL_ARGS.get(name, {}))
     if run_config:
-        model_args = dict(run_config.get('model_args') or {})
+        model_args.update(run_config.get('model_args') or {})
     else:
-        model_args = dict(args.get('model_kwargs') or {})
+        model_args.update(args.get('model_kwargs') or {})
         for key in ('num_classes', 'in_chans'):
             if args.get(key) is not None:
                 model_args[key] = args[key]
@@ -523,7 +525,7 @@ def regenerate_card(folder: Path, name: Optional[str] = None) -> Path:
 def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = None,
                       hub_configs: Optional[Path] = None, hardware: Optional[str] = None,
                       overwrite: bool = False, choices: Optional[Path] = None,
-                      chosen: Optional[str] = None) -> Path:
+                      chosen: Optional[str] = None, solver_choices_dir: Optional[Path] = None) -> Path:
     """A train.py run folder + validate.py results -> ``hub_configs/<arch>.<tag>/``, verified.
 
     The weights go through timm's ``save_for_hf`` (safetensors) after a strict load into the
@@ -531,7 +533,8 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     recorded into train_args.yaml when the run did not record it (the card must state it). ``choices``, a
     ``bench ablation`` results folder, and ``chosen``, the variant the run trained with, become the card's
     account of how the recipe was chosen; the run must carry the settings that variant's flags change.
-    The folder is staged beside its target and moved into place only once it verifies.
+    ``solver_choices_dir``, a ``bench deq-solver`` results folder, is the account of a DEQ's test-time solver
+    cap; the cap it chose must be the one the tag builds (see ``TAG_MODEL_ARGS``). The folder is staged beside its target and moved into place only once it verifies.
     """
     import timm
     from timm.models import save_for_hf
@@ -566,7 +569,7 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
             raise HubFolderError(f'{run_config_path}: the run prepared its data unlike {name}\'s registered cfg '
                                  f'(run vs registered: {"; ".join(differ)}); train with --model {name}')
     try:
-        model = timm.create_model(name, pretrained=False, **_run_model_args(run_config, args))
+        model = timm.create_model(name, pretrained=False, **_run_model_args(run_config, args, name))
     except (TypeError, ValueError) as e:
         raise HubFolderError(f'{run_dir}: the run\'s model arguments do not build {name}: {e}') from None
     weights = run_dir / WEIGHTS
@@ -577,6 +580,13 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     choice_record = recipe_choices(choices, chosen) if choices is not None else None
     if choice_record is not None:
         check_chosen_settings(choice_record, args, run_dir / ARGS_FILE)
+    solver_record = solver_choices(solver_choices_dir, name) if solver_choices_dir is not None else None
+    if solver_record is not None:
+        builds = getattr(model, 'deq_args', {}).get('eval_f_max_iter')
+        if builds != solver_record['chosen']:
+            raise HubFolderError(
+                f'{solver_choices_dir}: chose eval_f_max_iter={solver_record["chosen"]} for {name}, but the tag builds '
+                f'eval_f_max_iter={builds}: set it in TAG_MODEL_ARGS beside the family\'s default_cfgs')
     rows = read_result_rows(results_file)
     row = select_result_row(rows, name, results_file)
     problems = results_problems(validation_figures(row, results_file), model, name, results_file)
@@ -599,6 +609,8 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
         (stage / VALIDATION_RESULTS).write_text(json.dumps([row], indent=2) + '\n')
         if choice_record is not None:
             (stage / RECIPE_CHOICES).write_text(json.dumps(choice_record, indent=2) + '\n')
+        if solver_record is not None:
+            (stage / SOLVER_CHOICES).write_text(json.dumps(solver_record, indent=2) + '\n')
         write_card(stage, name, model)
         _plain_modes(stage)
         problems = verify_folder(stage, name, check_registration=False)
@@ -989,6 +1001,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument('--choices', type=Path, default=None, metavar='ABLATION_DIR',
                    help='a `bench ablation` results folder the recipe was chosen from (the card shows it)')
     p.add_argument('--chosen', default=None, metavar='VARIANT', help='with --choices: the variant this run trained with')
+    p.add_argument('--solver-choices', type=Path, default=None, metavar='DEQ_SOLVER_DIR',
+                   help='a `bench deq-solver` results folder the test-time solver cap was chosen from (the card shows it)')
     for cmd, text in (('verify', 'check every (or the named) Hub folder'),
                       ('card', 'regenerate README.md and SHA256SUMS of the named folders from their files'),
                       ('install-cache', 'place Hub folders into the Hugging Face cache layout'),
@@ -1024,7 +1038,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == 'export':
             folder = export_checkpoint(args.run_dir, args.results_file, args.name, args.hub_configs, args.hardware,
-                                       args.overwrite, args.choices, args.chosen)
+                                       args.overwrite, args.choices, args.chosen, args.solver_choices)
             print(f'exported {folder}')
         elif args.command == 'verify':
             if not is_published_dir(args.hub_configs):

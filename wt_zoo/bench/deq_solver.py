@@ -15,13 +15,13 @@ iterations, mean and worst relative residual, images/s per tag and cap), README.
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
 
-from ..cards import TRAIN_ARGS, HubFolderError, read_args
+from ..cards import TRAIN_ARGS, HubFolderError, choose_solver_cap, read_args
 from ..hub import run_validate
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 
-__all__ = ['add_arguments', 'run', 'held_out_flags', 'choose']
+__all__ = ['add_arguments', 'run', 'held_out_flags']
 
 RESIDUAL_AIM = 0.05  # the checkpoints issue's aim for the mean relative residual at test time
 
@@ -52,11 +52,6 @@ def held_out_flags(folder: Path) -> List[str]:
     return ['--dataset', str(train_args['dataset']), '--split', 'val',
             '--val-split-size', str(train_args['val_split_size']),
             '--val-split-seed', str(train_args.get('val_split_seed', 42))]
-
-
-def choose(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """One tag's rows -> the cap with the best held-out top-1, the cheaper cap on a tie."""
-    return max(rows, key=lambda r: (r['top1'], -r['solver_nstep']))
 
 
 def _deq_names(hub_configs: Path) -> List[str]:
@@ -119,7 +114,7 @@ def run(args, argv) -> int:
                Column('images_per_s', 'images/s', '{:.0f}')]
     lines = []
     for name in names:
-        best = choose([r for r in rows if r['model'] == name])
+        best = choose_solver_cap([r for r in rows if r['model'] == name])
         aim = 'below' if best['solver_rel_residual'] < RESIDUAL_AIM else 'not below'
         lines.append(f"- {name}: best held-out top-1 {best['top1']:.2f} % at eval_f_max_iter {best['eval_f_max_iter']} "
                      f"(cap {best['solver_cap']}), mean relative residual {best['solver_rel_residual']:.3f}, {aim} "

@@ -14,7 +14,7 @@ from timm.layers import register_notrace_module
 from timm.models import register_model
 
 from ..solvers import SolverStats, State, build_deq_core, check_solver_args, jacobian_penalty, solve
-from .implicit_resnet import ImplicitResNet, check_depth, create_implicit_resnet, family_default_cfgs
+from .implicit_resnet import TAG_MODEL_ARGS, ImplicitResNet, check_depth, create_implicit_resnet, family_default_cfgs
 
 __all__ = ['EquilibriumImplicit', 'EquilibriumMixin', 'DEQResNet']
 
@@ -156,6 +156,11 @@ class DEQResNet(EquilibriumMixin, ImplicitResNet):
 
 
 default_cfgs = family_default_cfgs('deq')
+# Test-time solver caps chosen on each checkpoint's held-out split (`python -m wt_zoo.bench deq-solver`): solving
+# further than training's 12 iterations is kept where it scores higher there (results/deq_solver_small).
+TAG_MODEL_ARGS.update({
+    'deq_resnet_small.c10': dict(eval_f_max_iter=24),
+})
 
 
 @register_model

@@ -25,8 +25,8 @@ from ..hub_ids import published_hub_ids
 
 __all__ = [
     'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'check_depth', 'check_input', 'ImplicitNet', 'ImplicitResNet',
-    'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'implicit_default_cfgs', 'family_default_cfgs', 'create_implicit_model',
-    'create_implicit_resnet',
+    'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'TAG_MODEL_ARGS', 'implicit_default_cfgs', 'family_default_cfgs',
+    'tag_model_args', 'create_implicit_model', 'create_implicit_resnet',
 ]
 
 # Per-channel statistics of the CIFAR-10 training split (original dataset); Fashion-MNIST likewise.
@@ -378,6 +378,19 @@ def family_default_cfgs(family: str, hub_ids: Optional[Dict[str, str]] = None) -
     return implicit_default_cfgs([f'{family}_resnet'], reductions, hub_ids)
 
 
+# ``arch.tag`` -> model arguments a pretrained tag needs beyond its architecture's defaults, e.g. a DEQ's
+# test-time solver cap chosen for those weights. timm's pretrained cfgs carry no model arguments, so each family
+# file fills this beside its ``default_cfgs``; the tag's published config.json repeats them (export writes them,
+# verify checks that loading by name and by config.json build one model).
+TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {}
+
+
+def tag_model_args(variant: str, pretrained_cfg: Any = None) -> Dict[str, Any]:
+    """The :data:`TAG_MODEL_ARGS` of the tag ``pretrained_cfg`` names (timm's default tag when none)."""
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg)
+    return dict(TAG_MODEL_ARGS.get(f'{variant}.{cfg.tag}', {})) if cfg is not None and cfg.tag else {}
+
+
 def create_implicit_model(
         model_cls: type,
         variant: str,
@@ -386,13 +399,15 @@ def create_implicit_model(
         num_feature_maps: Callable[[Dict[str, Any]], int],
         **kwargs,
 ) -> nn.Module:
-    """Build through timm, with ``size_args`` as defaults the caller's kwargs override.
+    """Build through timm, with ``size_args`` and the tag's :data:`TAG_MODEL_ARGS` as defaults the caller's
+    kwargs override.
 
     ``num_feature_maps(model_args)`` is how many maps ``features_only`` returns by default.
     """
     model_args = dict(size_args)
     if not model_cls.unrolled:
         model_args['warmup_depth'] = model_args.pop('depth')  # a DEQ's unrolled warm-up runs as its WT twin
+    model_args.update(tag_model_args(variant, kwargs.get('pretrained_cfg')))
     model_args.update(kwargs)
     if pretrained:  # the Hub's cache, else the clone's hub_configs/ when offline; a corrupt file named
         from ..hub import pretrained_cfg_overlay  # here, not at the top: wt_zoo.hub imports the models
