@@ -147,6 +147,10 @@ def test_stability_records_divergence_accuracy_spread_and_solver_curves(fake_cif
     assert len(check_tables(out, 'runs', 'summary')['runs']) == 1
     assert '**Partial: 1 of 8 runs finished**' in (out / 'README.md').read_text()
     assert json.loads((out / 'run.json').read_text())['runs_finished'] == 1
+    # a second short sitting reads the finished run back without counting it, trains the next, keeps both
+    assert bench_main([*command, '--stop-after', '0']) == 0
+    assert len(check_tables(out, 'runs', 'summary')['runs']) == 2
+    assert '**Partial: 2 of 8 runs finished**' in (out / 'README.md').read_text()
     # the same command again goes on from there
     assert bench_main(command) == 0
     tables = check_tables(out, 'runs', 'curves', 'summary')

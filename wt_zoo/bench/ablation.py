@@ -22,7 +22,8 @@ import numpy as np
 
 from ..tta import TTA_MODES
 from .common import Column, Progress, ResultsFolder, log, markdown_table, partial_section, warn_if_busy
-from .recipe import add_recipe_arguments, data_flags, fill_defaults, mean_std, pooled_std, recipe_overrides, train_outcome
+from .recipe import (add_recipe_arguments, data_flags, fill_defaults, mean_std, pooled_std, recipe_overrides,
+                     run_finished, train_outcome)
 
 __all__ = ['add_arguments', 'run', 'parse_variant', 'summarise']
 
@@ -133,10 +134,12 @@ def run(args, argv: Sequence[str]) -> int:
     progress = Progress([1.0] * len(todo))
     runs: List[Dict[str, Any]] = []
     curves: Dict[Tuple[str, int], Any] = {}
-    for name, flags, seed in progress.within(todo, args.stop_after):
+    run_dir_of = lambda name, seed: f'{runs_dir}/{name}-seed{seed}'
+    for name, flags, seed in progress.within(
+            todo, args.stop_after, lambda item: run_finished(run_dir_of(item[0], item[2]), folder.outcomes)):
         what = f'{name} seed {seed}'
         progress.start(what)
-        run_dir = f'{runs_dir}/{name}-seed{seed}'
+        run_dir = run_dir_of(name, seed)
         outcome = train_outcome(run_dir, ['--config', args.recipe, *shared, '--seed', str(seed), *flags],
                                 data_flags(args), tta=args.tta, keep_dir=folder.outcomes)
         row = dict(variant=name, seed=seed, run_folder=run_dir)

@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -269,16 +269,21 @@ class Progress:
         eta = elapsed * (total - self.done_cost) / self.done_cost if self.done_cost > 0 else float('nan')
         log(f'[{self.index}/{len(self.costs)}] {what} (elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)')
 
-    def within(self, todo: Sequence[Any], stop_after_minutes: Optional[float]) -> Iterator[Any]:
+    def within(self, todo: Sequence[Any], stop_after_minutes: Optional[float],
+               finished: Optional[Callable[[Any], bool]] = None) -> Iterator[Any]:
         """The work items in order until ``stop_after_minutes`` have passed (``--stop-after``: a bench longer
-        than one sitting stops between runs, not inside one). The item under way finishes; the first is always
-        taken."""
+        than one sitting stops between runs, not inside one). The item under way finishes; the first item to
+        train is always taken. Items ``finished`` says are done are read back, not trained: they always pass
+        and start nothing, so a sitting's tables hold every finished run."""
+        started_one = False
         for index, item in enumerate(todo):
-            minutes = (time.perf_counter() - self.started) / 60
-            if index and stop_after_minutes is not None and minutes >= stop_after_minutes:
-                log(f'--stop-after {stop_after_minutes:g}: {minutes:.1f} min passed, {len(todo) - index} of '
-                    f'{len(todo)} runs left; rerun the same command to go on')
-                return
+            if finished is None or not finished(item):
+                minutes = (time.perf_counter() - self.started) / 60
+                if started_one and stop_after_minutes is not None and minutes >= stop_after_minutes:
+                    log(f'--stop-after {stop_after_minutes:g}: {minutes:.1f} min passed, {len(todo) - index} of '
+                        f'{len(todo)} runs left; rerun the same command to go on')
+                    return
+                started_one = True
             yield item
 
 

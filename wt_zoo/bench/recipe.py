@@ -21,7 +21,7 @@ import yaml
 from ..training import LAST_CHECKPOINT, atomic_write_text, describe_hardware, parse_kwargs_value, plain
 from .common import REPO_ROOT
 
-__all__ = ['open_run', 'train_outcome', 'model_kwargs_flags', 'add_recipe_arguments', 'fill_defaults', 'recipe_overrides', 'data_flags',
+__all__ = ['open_run', 'train_outcome', 'run_finished', 'model_kwargs_flags', 'add_recipe_arguments', 'fill_defaults', 'recipe_overrides', 'data_flags',
            'default_recipe', 'pooled_std', 'stability_regime', 'sweep_regime', 'OUTCOME_FILE', 'REQUEST_FILE']
 
 OUTCOME_FILE = 'outcome.json'
@@ -80,6 +80,12 @@ def _quiet_run(run_dir: Path, flags: Sequence[str]):
 
 def _heldout_top1(row: Dict[str, Any]) -> float:
     return float(row.get('ema_eval_top1', row['eval_top1']))
+
+
+def run_finished(run_dir: Path, keep_dir: Optional[Path] = None) -> bool:
+    """Whether :func:`train_outcome` would read this run back (its folder's outcome, or a kept copy)."""
+    return (Path(run_dir) / OUTCOME_FILE).is_file() or (
+        keep_dir is not None and (Path(keep_dir) / f'{Path(run_dir).name}.json').is_file())
 
 
 def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[str] = (),

@@ -15,7 +15,7 @@ import yaml
 
 from .common import Column, Progress, ResultsFolder, log, markdown_table, partial_section, warn_if_busy
 from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, mean_std,
-                     recipe_overrides, train_outcome)
+                     recipe_overrides, run_finished, train_outcome)
 
 __all__ = ['add_arguments', 'run', 'summarise', 'solver_trend']
 
@@ -182,10 +182,12 @@ def run(args, argv: Sequence[str]) -> int:
     progress = Progress([1.0 if model.startswith('wt') else 4.0 for _, model, _, _ in todo])
     runs: List[Dict[str, Any]] = []
     curves: List[Dict[str, Any]] = []
-    for recipe, model, lr, seed in progress.within(todo, args.stop_after):
+    run_dir_of = lambda model, lr, seed: f'{args.runs}/{model}-lr{lr:g}-seed{seed}'
+    for recipe, model, lr, seed in progress.within(
+            todo, args.stop_after, lambda item: run_finished(run_dir_of(*item[1:]), folder.outcomes)):
         what = f'{model} lr {lr:g} seed {seed}'
         progress.start(what)
-        run_dir = f'{args.runs}/{model}-lr{lr:g}-seed{seed}'
+        run_dir = run_dir_of(model, lr, seed)
         flags = ['--config', recipe, '--lr', str(lr), '--seed', str(seed), *shared]
         outcome = train_outcome(run_dir, flags, data_flags(args), keep_dir=folder.outcomes)
         row = _run_row(model, lr, seed, outcome, run_dir)

@@ -23,7 +23,7 @@ import numpy as np
 
 from .common import Column, ModelSpec, Progress, ResultsFolder, log, markdown_table, partial_section, warn_if_busy
 from .recipe import (add_recipe_arguments, data_flags, default_recipe, fill_defaults, mean_std, model_kwargs_flags,
-                     pooled_std, recipe_overrides, train_outcome)
+                     pooled_std, recipe_overrides, run_finished, train_outcome)
 
 __all__ = ['add_arguments', 'run', 'build_grid', 'SweepConfig', 'pareto_front', 'plot', 'aggregate']
 
@@ -307,12 +307,13 @@ def run(args, argv: Sequence[str]) -> int:
     shared = recipe_overrides(args) + (['--lr', str(args.lr)] if args.lr is not None else [])
     progress = Progress([estimates[cfg.key] for cfg, _ in todo])
     runs: List[Dict[str, Any]] = []
-    for cfg, seed in progress.within(todo, args.stop_after):
+    run_dir_of = lambda cfg, seed: f'{args.runs}/{cfg.key}-seed{seed}'
+    for cfg, seed in progress.within(todo, args.stop_after, lambda item: run_finished(run_dir_of(*item), folder.outcomes)):
         spec = cfg.spec()
         progress.start(f'{cfg.key} seed {seed} ({profiles[cfg.key]["effective_gflops"]:.4f} effective GFLOPs)')
         flags = ['--config', args.recipe, '--model', spec.name, *model_kwargs_flags(spec.kwargs_dict()), '--seed',
                  str(seed), *shared]
-        run_dir = f'{args.runs}/{cfg.key}-seed{seed}'
+        run_dir = run_dir_of(cfg, seed)
         outcome = train_outcome(run_dir, flags, data_flags(args), keep_dir=folder.outcomes)
         row = dict(cfg.as_row(), **profiles[cfg.key], seed=seed,
                    **{k: outcome.get(k) for k in ('status', 'held_out_top1', 'held_out_loss', 'final_train_loss',
