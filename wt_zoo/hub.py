@@ -534,7 +534,8 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     ``bench ablation`` results folder, and ``chosen``, the variant the run trained with, become the card's
     account of how the recipe was chosen; the run must carry the settings that variant's flags change.
     ``solver_choices_dir``, a ``bench deq-solver`` results folder, is the account of a DEQ's test-time solver
-    cap; the cap it chose must be the one the tag builds (see ``TAG_MODEL_ARGS``). The folder is staged beside its target and moved into place only once it verifies.
+    cap; the cap it chose must be the one the tag builds (see ``TAG_MODEL_ARGS``). The folder is staged beside
+    its target and moved into place only once it verifies.
     """
     import timm
     from timm.models import save_for_hf

@@ -82,10 +82,15 @@ def _heldout_top1(row: Dict[str, Any]) -> float:
     return float(row.get('ema_eval_top1', row['eval_top1']))
 
 
+def _kept_path(run_dir: Path, keep_dir: Optional[Path]) -> Optional[Path]:
+    """Where a bench's results folder keeps the outcome of ``run_dir`` (none without a ``keep_dir``)."""
+    return Path(keep_dir) / f'{Path(run_dir).name}.json' if keep_dir is not None else None
+
+
 def run_finished(run_dir: Path, keep_dir: Optional[Path] = None) -> bool:
     """Whether :func:`train_outcome` would read this run back (its folder's outcome, or a kept copy)."""
-    return (Path(run_dir) / OUTCOME_FILE).is_file() or (
-        keep_dir is not None and (Path(keep_dir) / f'{Path(run_dir).name}.json').is_file())
+    kept = _kept_path(run_dir, keep_dir)
+    return (Path(run_dir) / OUTCOME_FILE).is_file() or (kept is not None and kept.is_file())
 
 
 def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[str] = (),
@@ -109,7 +114,7 @@ def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[
     flags = [str(f) for f in flags]
     run_dir = Path(run_dir)
     _check_request(run_dir, flags)
-    kept = Path(keep_dir) / f'{run_dir.name}.json' if keep_dir is not None else None
+    kept = _kept_path(run_dir, keep_dir)
     if kept is not None and kept.is_file() and not (run_dir / OUTCOME_FILE).is_file():
         _restore_kept(kept, run_dir, flags, tta)
     outcome = _finished_outcome(run_dir, flags, location_flags, tta)

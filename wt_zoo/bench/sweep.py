@@ -308,7 +308,8 @@ def run(args, argv: Sequence[str]) -> int:
     progress = Progress([estimates[cfg.key] for cfg, _ in todo])
     runs: List[Dict[str, Any]] = []
     run_dir_of = lambda cfg, seed: f'{args.runs}/{cfg.key}-seed{seed}'
-    for cfg, seed in progress.within(todo, args.stop_after, lambda item: run_finished(run_dir_of(*item), folder.outcomes)):
+    for cfg, seed in progress.within(
+            todo, args.stop_after, lambda item: run_finished(run_dir_of(*item), folder.outcomes)):
         spec = cfg.spec()
         progress.start(f'{cfg.key} seed {seed} ({profiles[cfg.key]["effective_gflops"]:.4f} effective GFLOPs)')
         flags = ['--config', args.recipe, '--model', spec.name, *model_kwargs_flags(spec.kwargs_dict()), '--seed',

@@ -385,9 +385,8 @@ def family_default_cfgs(family: str, hub_ids: Optional[Dict[str, str]] = None) -
 TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {}
 
 
-def tag_model_args(variant: str, pretrained_cfg: Any = None) -> Dict[str, Any]:
-    """The :data:`TAG_MODEL_ARGS` of the tag ``pretrained_cfg`` names (timm's default tag when none)."""
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg)
+def tag_model_args(variant: str, cfg: Any) -> Dict[str, Any]:
+    """The :data:`TAG_MODEL_ARGS` of the tag a resolved pretrained cfg names."""
     return dict(TAG_MODEL_ARGS.get(f'{variant}.{cfg.tag}', {})) if cfg is not None and cfg.tag else {}
 
 
@@ -407,11 +406,12 @@ def create_implicit_model(
     model_args = dict(size_args)
     if not model_cls.unrolled:
         model_args['warmup_depth'] = model_args.pop('depth')  # a DEQ's unrolled warm-up runs as its WT twin
-    model_args.update(tag_model_args(variant, kwargs.get('pretrained_cfg')))
+    # the tag named (timm's default tag when none) picks its own arguments
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    model_args.update(tag_model_args(variant, cfg))
     model_args.update(kwargs)
     if pretrained:  # the Hub's cache, else the clone's hub_configs/ when offline; a corrupt file named
         from ..hub import pretrained_cfg_overlay  # here, not at the top: wt_zoo.hub imports the models
-        cfg = resolve_pretrained_cfg(variant, model_args.get('pretrained_cfg'), model_args.get('pretrained_cfg_overlay'))
         overlay = pretrained_cfg_overlay(cfg.to_dict(), model_args.get('cache_dir'))
         if overlay:
             model_args['pretrained_cfg_overlay'] = {**(model_args.get('pretrained_cfg_overlay') or {}), **overlay}
