@@ -393,6 +393,43 @@ def test_deq_solver_needs_a_held_out_split(tmp_path):
     assert choose(rows) is rows[0]  # the cheaper of the two best
 
 
+def _sweep_folder(folder: Path, top1: dict, epochs: int, seeds=(0,)) -> Path:
+    """A sweep results folder of dense configurations ``{(depth, width): held-out top-1}``."""
+    folder.mkdir(parents=True)
+    rows = [dict(config=f'wt_d{d}_w{w}', label=f'd{d} w{w}', family='wt', depth=d, width=w, mask_density=1.0,
+                 mask_kind='dense', mask_mode='dense', params=w * 1000, gflops=d * w * w * 1e-6,
+                 effective_gflops=d * w * w * 1e-6, status='ok', held_out_top1=v) for (d, w), v in top1.items()]
+    (folder / 'sweep.json').write_text(json.dumps(rows))
+    (folder / 'run.json').write_text(json.dumps(dict(settings=dict(epochs=epochs, seeds=list(seeds), size='tiny'),
+                                                     seed_std_pooled=0.25)))
+    return folder
+
+
+def test_guidelines_say_how_the_choices_moved_from_an_earlier_regime(tmp_path):
+    from wt_zoo.bench.guidelines import generate, rank_correlation
+    assert rank_correlation([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert rank_correlation([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert rank_correlation([1, 2, 3], [1, 1, 1]) is None  # no order to compare with
+    # short regime: depth buys nothing at width 32; long regime: depth 4 is clearly better
+    before = _sweep_folder(tmp_path / 'short', {(2, 32): 41.0, (4, 32): 40.8, (2, 64): 44.0, (4, 64): 43.9}, 2)
+    now = _sweep_folder(tmp_path / 'long', {(2, 32): 80.0, (4, 32): 84.0, (2, 64): 83.0, (4, 64): 86.0, (8, 64): 86.1},
+                        15, seeds=(0, 1))
+    text = generate(now, tmp_path / 'docs' / 'g.md', previous_dir=before)
+    section = text.split('## How the choices moved from the earlier regime')[1].split('\n## ')[0]
+    assert '](../short/README.md)' in section and '2 epochs' in section
+    assert 'd8 w64' not in section  # only configurations in both regimes are compared
+    assert '| d4 w32 | 40.8% | 4 | 84.0% | 2 | +2 |' in section
+    assert "rank correlation between the regimes over the 4 configurations in both: **0.00**" in section
+    assert '- best configuration: earlier d2 w64, now d4 w64 (moved).' in section
+    assert '- width 32: smallest depth within the resolution of the best, earlier 2, now 4 (moved).' in section
+    assert 'the depth choice moved at 2 of 2 widths' in text.split('## Summary')[1].split('\n## ')[0]
+    # without an earlier sweep the document has no such section
+    assert 'How the choices moved' not in generate(now, tmp_path / 'docs' / 'g.md')
+    with pytest.raises(SystemExit, match='--previous-sweep .* holds no sweep.json'):
+        bench_main(['guidelines', '--sweep-results', str(now), '--previous-sweep', str(tmp_path / 'none'),
+                    '--out', str(tmp_path / 'g.md')])
+
+
 def test_guidelines_without_sweep_results_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match='run `python -m wt_zoo.bench sweep` first'):
         bench_main(['guidelines', '--sweep-results', str(tmp_path / 'missing'), '--out', str(tmp_path / 'g.md')])

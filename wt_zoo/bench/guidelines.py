@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='stability results folder, used when present (default: %(default)s)')
     parser.add_argument('--efficiency-results', default='results/efficiency',
                         help='efficiency results folder, used when present (default: %(default)s)')
+    parser.add_argument('--previous-sweep', default=None, metavar='DIR',
+                        help='an earlier sweep of the same grid at another regime (e.g. results/sweep, the short '
+                             'one): the document then says how each ranking and rule moved between the regimes')
     parser.add_argument('--out', default='docs/guidelines.md', help='document to write (default: %(default)s)')
 
 
@@ -119,13 +122,157 @@ def _resolution(stability: Optional[List[Dict[str, Any]]], sweep_lr: Optional[fl
                                 '`python -m wt_zoo.bench stability`, then regenerate)')
 
 
-def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
-             efficiency_dir: Optional[Path] = None) -> str:
-    """The guidelines document as markdown, from the results folders."""
-    rows_all = read_table(sweep_dir, 'sweep')
-    rows = [r for r in rows_all if r.get('status') == 'ok' and r.get('held_out_top1') is not None]
+def _finished(sweep_dir: Path) -> List[Dict[str, Any]]:
+    rows = [r for r in read_table(sweep_dir, 'sweep') if r.get('status') == 'ok' and r.get('held_out_top1') is not None]
     if not rows:
         raise ValueError(f'{sweep_dir}/sweep.json holds no finished configuration')
+    return rows
+
+
+def _depth_saturations(dense: List[Dict[str, Any]], tol: float) -> List[Tuple[int, Dict[str, Any], Dict[str, Any],
+                                                                              List[Dict[str, Any]]]]:
+    """Per width with two or more depths: (width, smallest depth within ``tol`` of the best, best, the line)."""
+    out = []
+    for width in sorted({r['width'] for r in dense}):
+        line = sorted((r for r in dense if r['width'] == width), key=lambda r: r['depth'])
+        if len(line) < 2:
+            continue
+        best = max(line, key=lambda r: r['held_out_top1'])
+        enough = next(r for r in line if r['held_out_top1'] >= best['held_out_top1'] - tol)
+        out.append((width, enough, best, line))
+    return out
+
+
+def _budget_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Per parameter count: the best configuration at exactly that count and the best at or below it."""
+    budget_rows = []
+    for p in sorted({r['params'] for r in rows}):
+        at = max((r for r in rows if r['params'] == p), key=lambda r: r['held_out_top1'])
+        within = max((r for r in rows if r['params'] <= p), key=lambda r: r['held_out_top1'])
+        budget_rows.append(dict(params=p, width=at['width'], at=at['label'], at_top1=at['held_out_top1'],
+                                within=within['label'], within_top1=within['held_out_top1']))
+    return budget_rows
+
+
+def _best_densities(masked: List[Dict[str, Any]], dense: List[Dict[str, Any]]) -> List[Tuple[int, Dict[str, Any],
+                                                                                               Dict[str, Any]]]:
+    """Per masked depth with a dense twin: (depth, dense twin, best unstructured distinct density)."""
+    out = []
+    for depth in sorted({r['depth'] for r in masked}):
+        width = next(r['width'] for r in masked if r['depth'] == depth)
+        base = next((r for r in dense if r['depth'] == depth and r['width'] == width), None)
+        line = [r for r in masked if r['depth'] == depth and r['mask_kind'] == 'unstructured'
+                and r['mask_mode'] == 'distinct']
+        if base is not None and line:
+            out.append((depth, base, max(line, key=lambda r: r['held_out_top1'])))
+    return out
+
+
+def _ranks(values: List[float]) -> List[float]:
+    """Rank 1 for the highest value; ties share their mean rank."""
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def rank_correlation(a: List[float], b: List[float]) -> Optional[float]:
+    """Spearman's rho: how far two regimes order the same configurations alike (1 same order, -1 reversed)."""
+    if len(a) != len(b) or len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    mean = (len(a) + 1) / 2
+    cov = sum((x - mean) * (y - mean) for x, y in zip(ra, rb))
+    var_a, var_b = sum((x - mean) ** 2 for x in ra), sum((y - mean) ** 2 for y in rb)
+    return cov / (var_a * var_b) ** 0.5 if var_a and var_b else None
+
+
+def _moved(before: Any, now: Any) -> str:
+    return 'unchanged' if before == now else 'moved'
+
+
+def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, out: Path,
+                  stability: Optional[List[Dict[str, Any]]], stab_rel: str) -> Tuple[List[str], str]:
+    """The section comparing this sweep with an earlier one of the same grid at another regime, and its summary."""
+    before_rows = _finished(previous_dir)
+    before_run = _run_info(previous_dir)
+    before_settings = before_run.get('settings', {})
+    before_tol, _ = _resolution(stability, before_settings.get('lr'), stab_rel, before_run)
+    rel = os.path.relpath((previous_dir / 'README.md').resolve(), out.parent.resolve())
+    by_config = {r['config']: r for r in before_rows}
+    shared = [r for r in rows if r['config'] in by_config]
+    section = ['## How the choices moved from the earlier regime',
+               f'The earlier sweep ([table]({rel})) ran the same grid at {sweep_regime(before_settings)} '
+               f'(resolution {before_tol:.1f} points); it is kept only for this comparison, and every rule above '
+               'comes from this regime.']
+    if not shared:
+        section.append('No configuration finished in both sweeps yet.')
+        return section, 'Regimes: no configuration finished in both sweeps yet.'
+    before_top1 = [by_config[r['config']]['held_out_top1'] for r in shared]
+    now_top1 = [r['held_out_top1'] for r in shared]
+    before_rank, now_rank = _ranks(before_top1), _ranks(now_top1)
+    table = [dict(label=r['label'], before=b, before_rank=rb, now=n, now_rank=rn, change=rb - rn)
+             for r, b, n, rb, rn in zip(shared, before_top1, now_top1, before_rank, now_rank)]
+    section.append(markdown_table(table, [
+        Column('label', 'configuration'), Column('before', 'earlier top-1', _pct),
+        Column('before_rank', 'rank', '{:g}'), Column('now', 'this regime top-1', _pct),
+        Column('now_rank', 'rank', '{:g}'), Column('change', 'ranks gained', '{:+g}')]))
+    rho = rank_correlation(before_top1, now_top1)
+    order = (f"Spearman's rank correlation between the regimes over the {len(shared)} configurations in both: "
+             f'**{rho:.2f}** (1: same order, 0: unrelated)' if rho is not None
+             else f'{len(shared)} configurations in both: too few for a rank correlation')
+    section.append(order + '.')
+    moves = []
+    best_before = max(shared, key=lambda r: by_config[r['config']]['held_out_top1'])
+    best_now = max(shared, key=lambda r: r['held_out_top1'])
+    moves.append(f"- best configuration: earlier {best_before['label']}, now {best_now['label']} "
+                 f"({_moved(best_before['config'], best_now['config'])}).")
+    shared_before = [by_config[r['config']] for r in shared]
+    depth_before = {w: e['depth'] for w, e, _, _ in _depth_saturations(
+        [r for r in shared_before if r['family'] == 'wt'], before_tol)}
+    depth_moves = depth_compared = 0
+    for width, enough, _, _ in _depth_saturations([r for r in shared if r['family'] == 'wt'], tol):
+        if width in depth_before:
+            depth_compared += 1
+            depth_moves += depth_before[width] != enough['depth']
+            moves.append(f"- width {width}: smallest depth within the resolution of the best, earlier "
+                         f"{depth_before[width]}, now {enough['depth']} "
+                         f"({_moved(depth_before[width], enough['depth'])}).")
+    widest = [sum(b['within'] == b['at'] for b in _budget_rows(x)) for x in (shared_before, shared)]
+    moves.append(f'- parameter budgets whose best model uses the largest width that fits: earlier {widest[0]}, now '
+                 f'{widest[1]} of {len(_budget_rows(shared))} ({_moved(*widest)}).')
+    density_before = {d: (b, best) for d, b, best in _best_densities(
+        [r for r in shared_before if r['family'] == 'wtsm'], [r for r in shared_before if r['family'] == 'wt'])}
+    for depth, base, best in _best_densities([r for r in shared if r['family'] == 'wtsm'],
+                                            [r for r in shared if r['family'] == 'wt']):
+        if depth in density_before:
+            b_base, b_best = density_before[depth]
+            moves.append(f"- depth {depth}: best mask density earlier {b_best['mask_density']:g} "
+                         f"({_compare(b_best['held_out_top1'] - b_base['held_out_top1'], before_tol)} against dense), "
+                         f"now {best['mask_density']:g} ({_compare(best['held_out_top1'] - base['held_out_top1'], tol)} "
+                         f"against dense) ({_moved(b_best['mask_density'], best['mask_density'])}).")
+    section.append('What each choice was in the earlier regime and in this one, over the configurations in both:')
+    section += moves
+    summary = (f'Regimes: against the earlier sweep, rank correlation {rho:.2f} over {len(shared)} configurations'
+               if rho is not None else f'Regimes: {len(shared)} configurations in both sweeps')
+    summary += ('; the best configuration '
+                 f"{'stayed' if best_before['config'] == best_now['config'] else 'changed'}, and the depth choice moved at "
+                f'{depth_moves} of {depth_compared} widths (see "How the choices moved").')
+    return section, summary
+
+
+def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
+             efficiency_dir: Optional[Path] = None, previous_dir: Optional[Path] = None) -> str:
+    """The guidelines document as markdown, from the results folders."""
+    rows_all = read_table(sweep_dir, 'sweep')
+    rows = _finished(sweep_dir)
     sweep_run = _run_info(sweep_dir)
     settings = sweep_run.get('settings', {})
     stability = _load_optional(stability_dir, 'summary') if stability_dir else None
@@ -157,13 +304,7 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
     summary: List[str] = []
 
     # --- parameter budget
-    budgets = sorted({r['params'] for r in rows})
-    budget_rows = []
-    for p in budgets:
-        at = max((r for r in rows if r['params'] == p), key=lambda r: r['held_out_top1'])
-        within = max((r for r in rows if r['params'] <= p), key=lambda r: r['held_out_top1'])
-        budget_rows.append(dict(params=p, width=at['width'], at=at['label'], at_top1=at['held_out_top1'],
-                                within=within['label'], within_top1=within['held_out_top1']))
+    budget_rows = _budget_rows(rows)
     widest_wins = sum(1 for b in budget_rows if b['within'] == b['at'])
     section = ['## Choosing for a parameter budget',
                f'Parameters are set by width alone (depth and masks add none). For each parameter count in the sweep, '
@@ -207,12 +348,7 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
                f'{figs.ref(f_depth)}:']
     depth_claims = []
     saturations = []
-    for width in sorted({r['width'] for r in dense}):
-        line = sorted((r for r in dense if r['width'] == width), key=lambda r: r['depth'])
-        if len(line) < 2:
-            continue
-        best = max(line, key=lambda r: r['held_out_top1'])
-        enough = next(r for r in line if r['held_out_top1'] >= best['held_out_top1'] - tol)
+    for width, enough, best, line in _depth_saturations(dense, tol):
         saturations.append((width, enough['depth'], line[-1]['depth']))
         steps = ', '.join(f"depth {a['depth']}→{b['depth']}: {_pts(b['held_out_top1'] - a['held_out_top1'])}"
                           for a, b in zip(line, line[1:]))
@@ -364,6 +500,10 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
         if f_stab_deq:
             section.append(f'Solver iterations over training: {figs.ref(f_stab_deq)}.')
         out_lines += section
+    if previous_dir is not None:
+        section, line = _regime_shift(rows, tol, previous_dir, out, stability, stab_rel)
+        out_lines += section
+        summary.append(line)
 
     short_regime = (settings.get('epochs') or 0) <= 2 or bool(settings.get('train_subset'))
     header = [
@@ -406,8 +546,12 @@ def run(args, argv: Sequence[str]) -> int:
     out = Path(args.out)
     stability_dir = Path(args.stability_results) if args.stability_results else None
     efficiency_dir = Path(args.efficiency_results) if args.efficiency_results else None
+    previous_dir = Path(args.previous_sweep) if args.previous_sweep else None
+    if previous_dir is not None and not (previous_dir / 'sweep.json').is_file():
+        raise SystemExit(f'error: --previous-sweep {previous_dir} holds no sweep.json; give a folder written by '
+                         '`python -m wt_zoo.bench sweep`')
     try:
-        text = generate(sweep_dir, out, stability_dir, efficiency_dir)
+        text = generate(sweep_dir, out, stability_dir, efficiency_dir, previous_dir)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     out.parent.mkdir(parents=True, exist_ok=True)
