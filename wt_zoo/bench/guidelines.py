@@ -154,18 +154,25 @@ def _budget_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return budget_rows
 
 
-def _best_densities(masked: List[Dict[str, Any]], dense: List[Dict[str, Any]]) -> List[Tuple[int, Dict[str, Any],
-                                                                                               Dict[str, Any]]]:
-    """Per masked depth with a dense twin: (depth, dense twin, best unstructured distinct density)."""
+def _density_lines(masked: List[Dict[str, Any]], dense: List[Dict[str, Any]]) -> List[Tuple[int, int, Dict[str, Any],
+                                                                                             List[Dict[str, Any]]]]:
+    """Per masked depth with a dense twin: (depth, width, dense twin, unstructured distinct masks by density)."""
     out = []
     for depth in sorted({r['depth'] for r in masked}):
         width = next(r['width'] for r in masked if r['depth'] == depth)
         base = next((r for r in dense if r['depth'] == depth and r['width'] == width), None)
-        line = [r for r in masked if r['depth'] == depth and r['mask_kind'] == 'unstructured'
-                and r['mask_mode'] == 'distinct']
-        if base is not None and line:
-            out.append((depth, base, max(line, key=lambda r: r['held_out_top1'])))
+        line = sorted((r for r in masked if r['depth'] == depth and r['mask_kind'] == 'unstructured'
+                       and r['mask_mode'] == 'distinct'), key=lambda r: r['mask_density'])
+        if base is not None:
+            out.append((depth, width, base, line))
     return out
+
+
+def _best_densities(masked: List[Dict[str, Any]], dense: List[Dict[str, Any]]) -> List[Tuple[int, Dict[str, Any],
+                                                                                               Dict[str, Any]]]:
+    """Per masked depth with a dense twin: (depth, dense twin, best unstructured distinct density)."""
+    return [(depth, base, max(line, key=lambda r: r['held_out_top1']))
+            for depth, _, base, line in _density_lines(masked, dense) if line]
 
 
 def _ranks(values: List[float]) -> List[float]:
@@ -245,9 +252,10 @@ def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, ou
             moves.append(f"- width {width}: smallest depth within the resolution of the best, earlier "
                          f"{depth_before[width]}, now {enough['depth']} "
                          f"({_moved(depth_before[width], enough['depth'])}).")
-    widest = [sum(b['within'] == b['at'] for b in _budget_rows(x)) for x in (shared_before, shared)]
+    budgets = [_budget_rows(x) for x in (shared_before, shared)]
+    widest = [sum(b['within'] == b['at'] for b in rows_) for rows_ in budgets]
     moves.append(f'- parameter budgets whose best model uses the largest width that fits: earlier {widest[0]}, now '
-                 f'{widest[1]} of {len(_budget_rows(shared))} ({_moved(*widest)}).')
+                 f'{widest[1]} of {len(budgets[1])} ({_moved(*widest)}).')
     density_before = {d: (b, best) for d, b, best in _best_densities(
         [r for r in shared_before if r['family'] == 'wtsm'], [r for r in shared_before if r['family'] == 'wt'])}
     for depth, base, best in _best_densities([r for r in shared if r['family'] == 'wtsm'],
@@ -256,15 +264,17 @@ def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, ou
             b_base, b_best = density_before[depth]
             moves.append(f"- depth {depth}: best mask density earlier {b_best['mask_density']:g} "
                          f"({_compare(b_best['held_out_top1'] - b_base['held_out_top1'], before_tol)} against dense), "
-                         f"now {best['mask_density']:g} ({_compare(best['held_out_top1'] - base['held_out_top1'], tol)} "
-                         f"against dense) ({_moved(b_best['mask_density'], best['mask_density'])}).")
+                         f"now {best['mask_density']:g} "
+                         f"({_compare(best['held_out_top1'] - base['held_out_top1'], tol)} against dense) "
+                         f"({_moved(b_best['mask_density'], best['mask_density'])}).")
     section.append('What each choice was in the earlier regime and in this one, over the configurations in both:')
     section += moves
     summary = (f'Regimes: against the earlier sweep, rank correlation {rho:.2f} over {len(shared)} configurations'
                if rho is not None else f'Regimes: {len(shared)} configurations in both sweeps')
     summary += ('; the best configuration '
-                 f"{'stayed' if best_before['config'] == best_now['config'] else 'changed'}, and the depth choice moved at "
-                f'{depth_moves} of {depth_compared} widths (see "How the choices moved").')
+                f"{'stayed' if best_before['config'] == best_now['config'] else 'changed'}, "
+                f'and the depth choice moved at {depth_moves} of {depth_compared} widths '
+                '(see "How the choices moved").')
     return section, summary
 
 
@@ -418,22 +428,12 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
         section = ['## Sparse masks: density, kind and mode',
                    f'At fixed depth and width (so at equal parameters), against the dense model of the same depth and '
                    f'width {figs.ref(f_density)}:']
-        best_gains = []
-        for depth in sorted({r['depth'] for r in masked}):
-            width = next(r['width'] for r in masked if r['depth'] == depth)
-            base = next((r for r in dense if r['depth'] == depth and r['width'] == width), None)
-            line = sorted((r for r in masked if r['depth'] == depth and r['mask_kind'] == 'unstructured'
-                           and r['mask_mode'] == 'distinct'), key=lambda r: r['mask_density'])
-            if base is None:
-                continue
+        for depth, width, base, line in _density_lines(masked, dense):
             parts = [f"density {r['mask_density']:g}: {_pct(r['held_out_top1'])} "
                      f"({_compare(r['held_out_top1'] - base['held_out_top1'], tol)}, "
                      f"{r['effective_gflops'] / base['gflops']:.2f}x the FLOPs)" for r in line]
             section.append(f"- depth {depth}, width {width}, dense {_pct(base['held_out_top1'])}: " + '; '.join(parts)
                            + f' {figs.ref(f_density)}.')
-            if line:
-                best = max(line, key=lambda r: r['held_out_top1'])
-                best_gains.append((depth, best, best['held_out_top1'] - base['held_out_top1']))
             for r in masked:
                 if r['depth'] == depth and (r['mask_kind'] != 'unstructured' or r['mask_mode'] != 'distinct'):
                     ref = next((x for x in line if x['mask_density'] == r['mask_density']), None)
@@ -454,6 +454,8 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
         if pairs:
             section.append(f'At equal effective FLOPs (at most {100 * FLOP_MATCH:.0f}% apart), masked against dense '
                            f'{figs.ref(f_flops)}:\n\n' + '\n'.join(f'- {p}.' for p in pairs))
+        best_gains = [(depth, best, best['held_out_top1'] - base['held_out_top1'])
+                      for depth, base, best in _best_densities(masked, dense)]
         if best_gains:
             rule = '; '.join(f"at depth {d} the best density tried is {b['mask_density']:g}, against dense at equal "
                              f"parameters: {_compare(g, tol)}" for d, b, g in best_gains)
