@@ -252,6 +252,34 @@ def test_stability_rows_give_no_std_for_a_single_finished_run():
     row, = summarise(runs)
     assert row['runs'] == 2 and row['diverged'] == 1 and row['top1_mean'] == 80.0 and row['top1_std'] is None
 
+def test_progress_paces_its_eta_by_the_runs_trained_in_this_sitting(monkeypatch, capsys):
+    """A resumed bench reads finished runs back in no time; they must not make the ETA promise an end."""
+    from wt_zoo.bench import common
+    clock = [0.0]
+    monkeypatch.setattr(common.time, 'perf_counter', lambda: clock[0])
+    progress = common.Progress([1.0, 1.0, 2.0, 2.0], started=0.0)
+    done = {'a', 'b'}
+    seen = []
+    for item in progress.within(['a', 'b', 'c', 'd'], stop_after_minutes=5, finished=lambda item: item in done):
+        seen.append(item)
+        progress.start(item)
+        if item not in done:
+            clock[0] += 240.0  # 4 minutes for a run of cost 2
+        progress.finish(item)
+    assert seen == ['a', 'b', 'c', 'd']
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[1] == '[1/4] a (read back from an earlier sitting)'
+    assert lines[5] == '[3/4] c (elapsed 4.0 min, ETA 4.0 min)'  # 2 cost units left at 2 min each
+    # the minutes count from the sitting's start; read-backs start nothing, so the cut falls after 'c'
+    clock[0] = 0.0
+    progress = common.Progress([1.0, 1.0, 2.0, 2.0], started=0.0)
+    seen = []
+    for item in progress.within(['a', 'b', 'c', 'd'], stop_after_minutes=3, finished=lambda item: item in done):
+        seen.append(item)
+        clock[0] += 0.0 if item in done else 240.0
+    assert seen == ['a', 'b', 'c']
+
+
 SWEEP_GRID = ['--size', 'tiny', '--depths', '1', '2', '--widths', '16', '--dense-extra', '4x8', '--densities', '0.5',
               '--mask-depths', '2', '--mask-width', '16', '--mask-kinds', '2:4', '--mask-modes', 'shared',
               '--epochs', '1', '--seeds', '0', '1', *TINY_DATA]

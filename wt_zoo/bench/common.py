@@ -252,21 +252,30 @@ def log(message: str) -> None:
 
 @dataclass
 class Progress:
-    """'[i/n] what ... (elapsed, ETA)' lines for a list of work items of roughly known relative cost."""
+    """'[i/n] what ... (elapsed, ETA)' lines for a list of work items of roughly known relative cost.
+
+    Items read back from an earlier sitting take no time, so the ETA is paced by the items trained in
+    this one only; counting read-backs would promise a resumed bench to end almost at once."""
     costs: List[float]
     started: float = field(default_factory=time.perf_counter)
     done_cost: float = 0.0
+    trained_cost: float = 0.0
     index: int = 0
+    reading_back: bool = False
 
     def start(self, what: str) -> None:
         log(f'[{self.index + 1}/{len(self.costs)}] {what} ...')
 
     def finish(self, what: str) -> None:
-        self.done_cost += self.costs[self.index]
+        cost = self.costs[self.index]
+        self.done_cost += cost
         self.index += 1
+        if self.reading_back:
+            log(f'[{self.index}/{len(self.costs)}] {what} (read back from an earlier sitting)')
+            return
+        self.trained_cost += cost
         elapsed = time.perf_counter() - self.started
-        total = sum(self.costs)
-        eta = elapsed * (total - self.done_cost) / self.done_cost if self.done_cost > 0 else float('nan')
+        eta = elapsed * (sum(self.costs) - self.done_cost) / self.trained_cost
         log(f'[{self.index}/{len(self.costs)}] {what} (elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)')
 
     def within(self, todo: Sequence[Any], stop_after_minutes: Optional[float],
@@ -277,7 +286,8 @@ class Progress:
         and start nothing, so a sitting's tables hold every finished run."""
         started_one = False
         for index, item in enumerate(todo):
-            if finished is None or not finished(item):
+            self.reading_back = finished is not None and finished(item)
+            if not self.reading_back:
                 minutes = (time.perf_counter() - self.started) / 60
                 if started_one and stop_after_minutes is not None and minutes >= stop_after_minutes:
                     log(f'--stop-after {stop_after_minutes:g}: {minutes:.1f} min passed, {len(todo) - index} of '
