@@ -71,6 +71,29 @@ def test_model_specs_parse_overrides_and_name_their_dense_twin():
     assert mdeq[0].depth() is None and mdeq[2].depth() == 4
 
 
+def test_git_commit_marks_changed_code_dirty_but_not_rewritten_results(tmp_path):
+    import subprocess
+    from wt_zoo.bench.common import git_commit
+
+    def git(*args):
+        subprocess.run(['git', '-C', str(tmp_path), *args], check=True, capture_output=True)
+
+    git('init', '-q')
+    (tmp_path / 'results').mkdir()
+    (tmp_path / 'results' / 'table.json').write_text('[]')
+    (tmp_path / 'train.py').write_text('print(1)')
+    git('add', '.')
+    git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'first')
+    head = subprocess.run(['git', '-C', str(tmp_path), 'rev-parse', 'HEAD'], capture_output=True,
+                          text=True).stdout.strip()
+    # a bench's own earlier sitting rewrote its results, and a chain script sits untracked: still the same code
+    (tmp_path / 'results' / 'table.json').write_text('[1]')
+    (tmp_path / 'chain.sh').write_text('')
+    assert git_commit(tmp_path) == head
+    (tmp_path / 'train.py').write_text('print(2)')
+    assert git_commit(tmp_path) == head + '+dirty'
+
+
 def test_efficiency_tables_ratios_and_bars(fake_cifar10, data_cache, tmp_path):
     out = tmp_path / 'efficiency'
     assert bench_main([

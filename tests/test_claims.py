@@ -211,6 +211,38 @@ def test_the_sweeps_own_seeds_set_its_resolution(tmp_path):
     assert claims.sweep_resolution(claims.Sources(results, tmp_path / 'hub_configs')) == pytest.approx(4.0)
 
 
+def test_a_finished_long_sweep_supersedes_the_short_one(tmp_path):
+    results, hub = tmp_path / 'results', tmp_path / 'hub_configs'
+    short = [dict(config='wt_d2_w32', label='d2 w32', family='wt', depth=2, width=32, mask_density=1.0, params=1e5,
+                  effective_gflops=0.05, held_out_top1=40.0, status='ok'),
+             dict(config='wt_d4_w32', label='d4 w32', family='wt', depth=4, width=32, mask_density=1.0, params=1e5,
+                  effective_gflops=0.09, held_out_top1=38.0, status='ok')]
+    _write(results / 'sweep', 'sweep.json', short)
+    _write(results / 'sweep', 'run.json', dict(command='python -m wt_zoo.bench sweep', date='d', git_commit='c1',
+                                               settings=dict(epochs=2, seeds=[0], size='tiny', train_subset=10000)))
+    _stability(results, wt_mean=50.0, deq_mean=45.0, std=2.0)
+    long = [dict(r, held_out_top1=top1) for r, top1 in zip(short, (80.0, 82.0))]
+    _write(results / 'sweep_full', 'sweep.json', long)
+    run = dict(command='python -m wt_zoo.bench sweep --out results/sweep_full', date='d', git_commit='c2',
+               seed_std_pooled=0.3, resolution=0.6, runs_finished=3, runs_planned=4,
+               settings=dict(epochs=15, seeds=[0, 1], size='tiny', held_out=5000))
+    _write(results / 'sweep_full', 'run.json', run)
+
+    def depth_row():
+        [row] = _by_id(claims.build(results, hub), 'guideline_depth')
+        return row
+
+    # partial: the short sweep still speaks, at its own (borrowed) resolution
+    row = depth_row()
+    assert row['link'] == 'results/sweep/README.md' and row['verdict'] == UNRESOLVED and '40.00' in row['measured']
+    _write(results / 'sweep_full', 'run.json', dict(run, runs_finished=4))
+    row = depth_row()
+    assert row['link'] == 'results/sweep_full/README.md' and row['source'] == 'sweep_full'
+    assert row['verdict'] == HOLDS and row['comparisons'][0]['resolution'] == pytest.approx(0.6)
+    assert row['regime'].startswith('15 epochs') and 'partial' not in row['regime']
+    assert [s['source'] for s in claims.sources(results, hub)].count('results/sweep_full') == 1
+
+
 def test_speed_and_memory_claims_from_a_synthetic_efficiency_run(tmp_path):
     results = tmp_path / 'results'
     eff = [dict(model='wt_resnet_tiny', family='wt', device='cpu', train_img_s=100.0, train_iqr=0.01,

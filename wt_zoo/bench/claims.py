@@ -1,7 +1,7 @@
 """claims: the paper's findings checked against the committed results, one row each, with a verdict.
 
-Reads only committed results files (results/efficiency, stability, sweep, time_to_accuracy and
-train_speed, and the published checkpoints' folders in hub_configs/); it trains and times nothing,
+Reads only committed results files (results/efficiency, stability, sweep or sweep_full, time_to_accuracy
+and train_speed, and the published checkpoints' folders in hub_configs/); it trains and times nothing,
 so it runs in seconds and gives the same output for the same files. Each row names a finding of
 the research (WT against its DEQ twin at equal parameters and epochs, and at equal training wall
 time; training and inference speed; training memory; stability; distinct sparse masks against
@@ -53,6 +53,9 @@ _RUN_SPECIFIC = frozenset({'model', 'experiment', 'epochs', 'seed', 'dataset', '
 RESULTS = REPO_ROOT / 'results'
 HUB_CONFIGS = REPO_ROOT / 'hub_configs'
 COMMAND = 'python -m wt_zoo.bench claims'
+# The sweep at the fast recipe's regime supersedes the short-regime one once every run of it has finished; a
+# partial one does not (its configurations would have unequal seeds, and the guidelines wait for it too).
+SWEEP_FOLDERS = ('sweep_full', 'sweep')
 
 DATASETS = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'fashion_mnist': 'Fashion-MNIST'}
 
@@ -122,8 +125,10 @@ RULES = f"""\
   borrowed: twice the largest seed-to-seed standard deviation results/stability measured (short runs, likely
   noisier than longer ones, so the borrowed figure errs towards "{UNRESOLVED}"); {ASSUMED_SEED_RESOLUTION:g}
   point when no stability results exist.
-- Accuracy in the sweep (one seed): the resolution docs/guidelines.md states and uses, twice the WT
-  seed-to-seed standard deviation at the stability learning rate nearest the sweep's.
+- Accuracy in the sweep: the resolution docs/guidelines.md states and uses. For results/sweep_full (read
+  once every run of it has finished), twice the sweep's own seed-to-seed standard deviation pooled over its
+  configurations; for results/sweep (one seed), twice the WT seed-to-seed standard deviation at the
+  stability learning rate nearest the sweep's.
 - Speed: ratio of images/s; it counts outside [1/(1+r), 1+r], r = twice the larger interquartile range
   over median of the two timings (efficiency), or twice the largest repeat-timing difference of the run
   (train-speed: the chosen path timed twice), and never under {TIMING_FLOOR:.0%}.
@@ -160,6 +165,15 @@ class Sources:
 
     def settings(self, folder: str) -> Dict[str, Any]:
         return self.run(folder).get('settings', {})
+
+    @property
+    def sweep(self) -> str:
+        """The results folder the sweep claims read: the first of SWEEP_FOLDERS that is complete, else the last."""
+        for folder in SWEEP_FOLDERS[:-1]:
+            run = self.run(folder)
+            if run and run.get('runs_finished') is not None and run.get('runs_finished') == run.get('runs_planned'):
+                return folder
+        return SWEEP_FOLDERS[-1]
 
     def checkpoints(self) -> List[Dict[str, Any]]:
         """One row per published folder: test top-1 and the training regime, from its results files."""
@@ -233,7 +247,7 @@ def accuracy_resolution(src: Sources, *runs_args: Dict[str, Any]) -> float:
 def sweep_resolution(src: Sources) -> float:
     """The resolution docs/guidelines.md uses for the sweep (the same function computes it)."""
     from .guidelines import _resolution
-    return _resolution(_seed_std_rows(src) or None, src.settings('sweep').get('lr'), '', src.run('sweep'))[0]
+    return _resolution(_seed_std_rows(src) or None, src.settings(src.sweep).get('lr'), '', src.run(src.sweep))[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +259,7 @@ def _stability_regime(src: Sources) -> str:
 
 
 def _sweep_regime(src: Sources) -> str:
-    return sweep_regime(src.settings('sweep')) + _partial(src, 'sweep')
+    return sweep_regime(src.settings(src.sweep)) + _partial(src, src.sweep)
 
 
 def _partial(src: Sources, folder: str) -> str:
@@ -570,12 +584,12 @@ def _solver_where(src: Sources) -> str:
 
 
 def _sweep_rows(src: Sources) -> List[Dict[str, Any]]:
-    return [r for r in src.table('sweep', 'sweep') if r.get('status') == 'ok' and r.get('held_out_top1') is not None]
+    return [r for r in src.table(src.sweep, 'sweep') if r.get('status') == 'ok' and r.get('held_out_top1') is not None]
 
 
-def _sweep_row(src: Sources, claim_id: str, claim: str, comparisons: List[Dict[str, Any]], missing: str,
-               link: str = 'results/sweep/README.md') -> Dict[str, Any]:
-    return _row(claim_id, claim, 'sweep', link, _sweep_regime(src) if comparisons else '', comparisons, missing)
+def _sweep_row(src: Sources, claim_id: str, claim: str, comparisons: List[Dict[str, Any]], missing: str) -> Dict[str, Any]:
+    return _row(claim_id, claim, src.sweep, f'results/{src.sweep}/README.md', _sweep_regime(src) if comparisons else '',
+                comparisons, f'{missing} in results/{src.sweep} yet')
 
 
 def claim_masks_vs_dense(src: Sources) -> List[Dict[str, Any]]:
@@ -589,7 +603,7 @@ def claim_masks_vs_dense(src: Sources) -> List[Dict[str, Any]]:
         if r['family'] == 'wtsm' and r['mask_mode'] == 'distinct' and base is not None:
             comparisons.append(_points(r['label'], r['held_out_top1'], base['held_out_top1'], tol))
     return [_sweep_row(src, 'accuracy_masks_vs_dense_epochs', claim, comparisons,
-                       'no masked configuration beside its dense one in results/sweep yet'),
+                       'no masked configuration beside its dense one'),
             _checkpoint_row(src, 'accuracy_masks_vs_dense_epochs', claim, 'wtsm', 'wt')]
 
 
@@ -613,7 +627,7 @@ def claim_distinct_vs_shared(src: Sources) -> List[Dict[str, Any]]:
                                        ('distinct', 'shared')))
     return [_sweep_row(src, 'accuracy_distinct_vs_shared', 'A distinct mask per iteration beats one shared mask '
                        '(equal parameters, density and epochs)', comparisons,
-                       'no shared-mask configuration beside its distinct twin in results/sweep yet')]
+                       'no shared-mask configuration beside its distinct twin')]
 
 
 GUIDELINES = 'docs/guidelines.md'
@@ -634,7 +648,7 @@ def claim_guidelines(src: Sources) -> List[Dict[str, Any]]:
             comparisons.append(_points(f"width {width}, depth {line[-1]['depth']} vs {line[0]['depth']}",
                                        line[-1]['held_out_top1'], line[0]['held_out_top1'], tol))
     out.append(_sweep_row(src, 'guideline_depth', 'Guideline, depth: at equal parameters, more weight-tied '
-                          'iterations raise accuracy', comparisons, 'no dense depths side by side in results/sweep yet'))
+                          'iterations raise accuracy', comparisons, 'no dense depths side by side'))
 
     # width: at each parameter count, the best model at it against the best narrower one
     comparisons = []
@@ -646,7 +660,7 @@ def claim_guidelines(src: Sources) -> List[Dict[str, Any]]:
                                    below['held_out_top1'], tol))
     out.append(_sweep_row(src, 'guideline_width', 'Guideline, width: for a parameter budget, the widest model '
                           'that fits beats every narrower one', comparisons,
-                          'no two widths in results/sweep yet'))
+                          'no two widths'))
 
     # equal FLOPs: deeper and narrower against shallower and wider, dense models
     comparisons = []
@@ -661,7 +675,7 @@ def claim_guidelines(src: Sources) -> List[Dict[str, Any]]:
                                            wide['held_out_top1'], tol))
     out.append(_sweep_row(src, 'guideline_equal_flops', 'Guideline, equal FLOPs: deeper and narrower beats '
                           'shallower and wider', comparisons,
-                          'no dense configurations of equal FLOPs in results/sweep yet'))
+                          'no dense configurations of equal FLOPs'))
 
     # masks at equal effective FLOPs: each masked model against the dense model nearest in effective FLOPs
     comparisons = []
@@ -675,7 +689,7 @@ def claim_guidelines(src: Sources) -> List[Dict[str, Any]]:
             comparisons.append(_points(f"{r['label']} vs {d['label']}", r['held_out_top1'], d['held_out_top1'], tol))
     out.append(_sweep_row(src, 'guideline_masks_equal_flops', 'Guideline, sparsity: at equal effective FLOPs '
                           f'(within {FLOP_MATCH:.0%}), a sparse-mask model beats the dense one', comparisons,
-                          'no masked and dense configurations of equal effective FLOPs in results/sweep yet'))
+                          'no masked and dense configurations of equal effective FLOPs'))
     return out
 
 
@@ -694,7 +708,7 @@ def sources(results: Path = RESULTS, hub_configs: Path = HUB_CONFIGS) -> List[Di
     """What each source is and which command and commit made it."""
     src = Sources(results, hub_configs)
     out = []
-    for folder in ('efficiency', 'stability', 'sweep', 'train_speed', FAST_RECIPE_ABLATION):
+    for folder in ('efficiency', 'stability', src.sweep, 'train_speed', FAST_RECIPE_ABLATION):
         run = src.run(folder)
         if run:
             out.append(dict(source=f'results/{folder}', command=run.get('command', '?'), date=run.get('date', '?'),
@@ -773,11 +787,12 @@ def readme_section(results: Path = RESULTS, hub_configs: Path = HUB_CONFIGS) -> 
         f'is, and a verdict holds at that regime only. Verdicts: {_counts(rows)}.',
         table(rows),
     ]
+    sweep = Sources(results, hub_configs).sweep
     figures = [
         ('time_to_accuracy/time_to_accuracy.png', 'Held-out top-1 against training minutes, twins under one recipe '
          'and one budget ([results/time_to_accuracy](results/time_to_accuracy/README.md)):'),
-        ('sweep/sweep_flops.png', 'Held-out top-1 against effective FLOPs for every sweep configuration, with the '
-         'best-at-or-below-cost front ([results/sweep](results/sweep/README.md), short regime as above):'),
+        (f'{sweep}/sweep_flops.png', 'Held-out top-1 against effective FLOPs for every sweep configuration, with the '
+         f'best-at-or-below-cost front ([results/{sweep}](results/{sweep}/README.md), regime as in the table):'),
     ]
     for rel, caption in figures:
         if (Path(results) / rel).is_file():

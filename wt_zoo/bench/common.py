@@ -110,12 +110,13 @@ def parse_model_specs(patterns: Iterable[str]) -> List[ModelSpec]:
 
 
 def git_commit(repo: Path = REPO_ROOT) -> str:
-    """HEAD's commit, with ``+dirty`` when the working tree differs from it (so results say what made them)."""
+    """HEAD's commit, with ``+dirty`` when a tracked file outside results/ differs from it (so results say what
+    code made them; a bench spanning sittings rewrites its own results files, which is not a change of code)."""
     try:
         head = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True,
                               timeout=20).stdout.strip()
-        status = subprocess.run(['git', '-C', str(repo), 'status', '--porcelain', '--untracked-files=no'],
-                                capture_output=True, text=True, timeout=20).stdout.strip()
+        status = subprocess.run(['git', '-C', str(repo), 'status', '--porcelain', '--untracked-files=no', '--',
+                                 '.', ':(exclude)results'], capture_output=True, text=True, timeout=20).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return 'unknown'
     if not head:
