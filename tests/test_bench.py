@@ -476,6 +476,12 @@ def test_guidelines_say_how_the_choices_moved_from_an_earlier_regime(tmp_path):
     assert 'the depth choice moved at 2 of 2 widths' in text.split('## Summary')[1].split('\n## ')[0]
     # without an earlier sweep the document has no such section
     assert 'How the choices moved' not in generate(now, tmp_path / 'docs' / 'g.md')
+    assert 'Partial' not in text
+    # a sweep --stop-after ended early says so where its regime is stated
+    run = json.loads((now / 'run.json').read_text())
+    (now / 'run.json').write_text(json.dumps(dict(run, runs_finished=7, runs_planned=10)))
+    regime = next(line for line in generate(now, tmp_path / 'docs' / 'g.md').splitlines() if line.startswith('- regime:'))
+    assert '**Partial: 7 of 10 runs finished**' in regime
     with pytest.raises(SystemExit, match='--previous-sweep .* holds no sweep.json'):
         bench_main(['guidelines', '--sweep-results', str(now), '--previous-sweep', str(tmp_path / 'none'),
                     '--out', str(tmp_path / 'g.md')])

@@ -49,6 +49,15 @@ def _run_info(folder: Path) -> Dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _partial_note(sweep_run: Dict[str, Any]) -> str:
+    """A sweep that --stop-after ended before its last run: every rule stands on the runs so far."""
+    done, planned = sweep_run.get('runs_finished'), sweep_run.get('runs_planned')
+    if done is None or not planned or done >= planned:
+        return ''
+    return (f' **Partial: {done} of {planned} runs finished**; configurations with fewer seeds than the others are '
+            'noisier than the resolution below says, and the rules may move when the sweep is complete.')
+
+
 def _pct(v: float) -> str:
     return f'{v:.1f}%'
 
@@ -517,14 +526,16 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
         f"`{sweep_run.get('git_commit', '?')}`, on {sweep_run.get('machine', {}).get('cpu_model', '?')}",
         f'- regime: {sweep_regime(settings)}.' + (
             ' This is a short-budget regime: the ranking of choices can change with longer training.'
-            if short_regime else ''),
+            if short_regime else '') + _partial_note(sweep_run),
         f'- resolution: differences under {tol:.1f} points are treated as no difference; that is {tol_source}.',
         '## Summary',
         '\n'.join(f'{i + 1}. {s}' for i, s in enumerate(summary)),
     ]
     all_cols = [Column('label', 'configuration'), Column('params', 'params (M)', lambda v: f'{v / 1e6:.3f}'),
-                Column('effective_gflops', 'effective GFLOPs', '{:.4f}'), Column('held_out_top1', 'top-1', _pct),
-                Column('status', 'status')]
+                Column('effective_gflops', 'effective GFLOPs', '{:.4f}'), Column('held_out_top1', 'top-1', _pct)]
+    if any('seeds' in r for r in rows_all):
+        all_cols.append(Column('seeds', 'seeds'))
+    all_cols.append(Column('status', 'status'))
     footer = ['## Figures', figs.markdown(), '## Every configuration', markdown_table(rows_all, all_cols)]
     return _join(header + out_lines + footer) + '\n'
 
