@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..training import atomic_write_text, write_results
 from .recipe import stability_regime, sweep_regime
 from .stability import solver_trend
-from .common import FAST_RECIPE_ABLATION, REPO_ROOT, log
+from .common import FAST_RECIPE_ABLATION, REPO_ROOT, log, stopped_early
 
 __all__ = ['add_arguments', 'run', 'judge', 'judge_ratio', 'combine', 'build', 'render_readme', 'readme_section',
            'write', 'HOLDS', 'FAILS', 'UNRESOLVED', 'MIXED', 'NOT_MEASURED']
@@ -171,7 +171,7 @@ class Sources:
         """The results folder the sweep claims read: the first of SWEEP_FOLDERS that is complete, else the last."""
         for folder in SWEEP_FOLDERS[:-1]:
             run = self.run(folder)
-            if run and run.get('runs_finished') is not None and run.get('runs_finished') == run.get('runs_planned'):
+            if run.get('runs_finished') is not None and stopped_early(run) is None:
                 return folder
         return SWEEP_FOLDERS[-1]
 
@@ -265,8 +265,8 @@ def _sweep_regime(src: Sources) -> str:
 def _partial(src: Sources, folder: str) -> str:
     """A bench stopped by --stop-after before its last run: its figures are from the runs so far."""
     run = src.run(folder)
-    done, planned = run.get('runs_finished'), run.get('runs_planned')
-    return f'; partial, {done} of {planned} runs' if done is not None and planned and done < planned else ''
+    stopped = stopped_early(run)
+    return f'; partial, {stopped[0]} of {stopped[1]} runs' if stopped else ''
 
 
 def _checkpoint_regime(pairs: Sequence[Tuple[Dict[str, Any], Dict[str, Any]]]) -> str:

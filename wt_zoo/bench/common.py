@@ -109,6 +109,12 @@ def parse_model_specs(patterns: Iterable[str]) -> List[ModelSpec]:
     return specs
 
 
+def stopped_early(run: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+    """(finished, planned) when a bench's run.json says --stop-after ended it before its last run, else None."""
+    done, planned = run.get('runs_finished'), run.get('runs_planned')
+    return (done, planned) if done is not None and planned and done < planned else None
+
+
 def git_commit(repo: Path = REPO_ROOT) -> str:
     """HEAD's commit, with ``+dirty`` when a tracked file outside results/ differs from it (so results say what
     code made them; a bench spanning sittings rewrites its own results files, which is not a change of code)."""

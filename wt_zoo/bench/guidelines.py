@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..training import atomic_write_text
-from .common import Column, log, markdown_table, read_table
+from .common import Column, log, markdown_table, read_table, stopped_early
 from .recipe import sweep_regime
 from .stability import solver_trend
 from .sweep import pareto_front
@@ -51,9 +51,10 @@ def _run_info(folder: Path) -> Dict[str, Any]:
 
 def _partial_note(sweep_run: Dict[str, Any]) -> str:
     """A sweep that --stop-after ended before its last run: every rule stands on the runs so far."""
-    done, planned = sweep_run.get('runs_finished'), sweep_run.get('runs_planned')
-    if done is None or not planned or done >= planned:
+    stopped = stopped_early(sweep_run)
+    if stopped is None:
         return ''
+    done, planned = stopped
     return (f' **Partial: {done} of {planned} runs finished**; configurations with fewer seeds than the others are '
             'noisier than the resolution below says, and the rules may move when the sweep is complete.')
 
