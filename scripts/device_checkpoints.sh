@@ -5,15 +5,18 @@
 #
 #   OUT=/tmp/out bash scripts/device_checkpoints.sh
 #
-# Three groups train side by side: the tiny CIFAR-10 twins (plus three DEQ variants that choose the
-# DEQ settings on the held-out split), the small CIFAR-10 twins and the small Fashion-MNIST twins.
+# Groups train side by side: the tiny CIFAR-10 twins (plus three DEQ variants that choose the
+# DEQ settings on the held-out split), the small CIFAR-10 twins, the small Fashion-MNIST twins and the
+# base CIFAR-10 twins (`base`, never by default).
 # Each group's common epoch count comes from `python -m wt_zoo.bench budget` and its minutes
 # (TINY_MIN, SMALL_MIN, FMNIST_MIN: device minutes as if the group ran one recipe after another), so
-# the groups together finish within the sum of their minutes. RUN_GROUPS picks the groups (default all
-# three: "tiny small fmnist"), TINY_TWINS the tiny twins trained beside the DEQ variants (default
-# "wt wtsm deq"; "deq" keeps only the DEQ, the variants' reference).
-# Wheels in .whl/ (timm, torchdeq, fvcore and the like) are installed first where the machine lacks
-# them; datasets are read from .data/ when present.
+# the groups together finish within the sum of their minutes. The base group is planned from its DEQ
+# alone (BASE_MIN: the DEQ's minutes), since its WT twins finish long before it beside it. RUN_GROUPS
+# picks the groups (default "tiny small fmnist"), TINY_TWINS the tiny twins trained beside the DEQ
+# variants (default "wt wtsm deq"; "deq" keeps only the DEQ, the variants' reference). SMOKE=0 skips
+# the fail-fast smoke run (about 50 s) when a CPU dry run has just passed.
+# Wheels in .whl/ (timm, torchdeq, fvcore and the like), or the packages themselves in
+# .whl/site.tar.gz, are installed first where the machine lacks them; datasets are read from .data/.
 #
 # Measured on a lent H200 (2026-11-28, results/device/README.md): side by side, a DEQ small epoch
 # that solves takes about 44 s (about 1,000 images/s: the Anderson loop is bound by kernel launches
@@ -30,6 +33,8 @@ PY=${PY:-python3}
 TINY_MIN=${TINY_MIN:-1.5}
 SMALL_MIN=${SMALL_MIN:-2.6}
 FMNIST_MIN=${FMNIST_MIN:-1.9}
+BASE_MIN=${BASE_MIN:-5.5}
+SMOKE=${SMOKE:-1}
 DEADLINE_S=${DEADLINE_S:-440}   # training and test validation together; later runs are cut off
 TRAIN_FLAGS=${TRAIN_FLAGS:---device cuda}
 RUN_GROUPS=${RUN_GROUPS:-tiny small fmnist}
@@ -37,7 +42,10 @@ TINY_TWINS=${TINY_TWINS:-wt wtsm deq}
 C=configs
 has() { case " $RUN_GROUPS " in *" $1 "*) return 0 ;; esac; return 1; }
 mkdir -p "$OUT" "$WORK/plans"
-if [ -d .whl ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
+if [ -f .whl/site.tar.gz ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
+  tar xzf .whl/site.tar.gz -C /tmp || exit 1
+  export PYTHONPATH=/tmp/site
+elif [ -d .whl ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
@@ -50,14 +58,14 @@ START=$SECONDS
 
 # Fail fast: one short epoch through the whole path (train, checkpoint, export, validate) before the
 # budget is spent, so a broken environment costs seconds of device time, not the call.
-SMOKE=$WORK/smoke
-if ! { $PY train.py --config $C/deq_resnet_tiny.c10.yaml --output "$SMOKE" --experiment smoke --no-progress \
+SMOKE_DIR=$WORK/smoke
+if [ "$SMOKE" = 1 ] && ! { $PY train.py --config $C/deq_resnet_tiny.c10.yaml --output "$SMOKE_DIR" --experiment smoke --no-progress \
          $TRAIN_FLAGS --epochs 1 --unrolled-warmup-epochs 0 --train-subset 512 --eval-subset 256 &&
-       $PY validate.py --model "local-dir:$SMOKE/smoke" --pretrained --dataset cifar10 --split test \
-         --eval-subset 256 --results-file "$SMOKE/results.json"; } >"$WORK/smoke.log" 2>&1; then
+       $PY validate.py --model "local-dir:$SMOKE_DIR/smoke" --pretrained --dataset cifar10 --split test \
+         --eval-subset 256 --results-file "$SMOKE_DIR/results.json"; } >"$WORK/smoke.log" 2>&1; then
   tail -30 "$WORK/smoke.log"; echo "smoke run failed after $((SECONDS - START)) s"; exit 1
 fi
-echo "smoke run passed in $((SECONDS - START)) s"
+[ "$SMOKE" = 1 ] && echo "smoke run passed in $((SECONDS - START)) s"
 
 plan() {  # plan NAME MINUTES CONFIG... : the group's common epochs
   local name=$1 minutes=$2
@@ -84,7 +92,8 @@ has tiny && { TINY=$(plan tiny "$TINY_MIN" "${TINY_CONFIGS[@]}" $C/deq_resnet_ti
   $C/deq_resnet_tiny.c10.yaml) || exit 1; }
 has small && { SMALL=$(plan small "$SMALL_MIN" $C/{wt,wtsm,deq}_resnet_small.c10.yaml) || exit 1; }
 has fmnist && { FMNIST=$(plan fmnist "$FMNIST_MIN" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml) || exit 1; }
-echo "epochs: tiny ${TINY:-}, small ${SMALL:-}, fmnist ${FMNIST:-} (planned in $((SECONDS - START)) s)"
+has base && { BASE=$(plan base "$BASE_MIN" $C/deq_resnet_base.c10.yaml) || exit 1; }
+echo "epochs: tiny ${TINY:-}, small ${SMALL:-}, fmnist ${FMNIST:-}, base ${BASE:-} (planned in $((SECONDS - START)) s)"
 
 if has tiny; then
   scripts/train_checkpoints.sh -n -j ${#TINY_CONFIGS[@]} -o "$WORK/tiny" "${TINY_CONFIGS[@]}" -- $TRAIN_FLAGS --epochs "$TINY" &
@@ -94,6 +103,7 @@ if has tiny; then
 fi
 has small && scripts/train_checkpoints.sh -n -j 3 -o "$WORK/small" $C/{wt,wtsm,deq}_resnet_small.c10.yaml -- $TRAIN_FLAGS --epochs "$SMALL" &
 has fmnist && scripts/train_checkpoints.sh -n -j 3 -o "$WORK/fmnist" $C/{wt,wtsm,deq}_resnet_small.fmnist.yaml -- $TRAIN_FLAGS --epochs "$FMNIST" &
+has base && scripts/train_checkpoints.sh -n -j 3 -o "$WORK/base" $C/{wt,wtsm,deq}_resnet_base.c10.yaml -- $TRAIN_FLAGS --epochs "$BASE" &
 
 # Wait until all finish or the deadline passes; then stop what is left (its folder keeps last.pth.tar for --resume).
 while [ $((SECONDS - START)) -lt "$DEADLINE_S" ] && [ -n "$(jobs -rp)" ]; do sleep 2; done
@@ -121,10 +131,15 @@ for run in "$WORK"/*/train/*; do
   [ -f "$run/model.safetensors" ] && rm -f "$run"/*.pth.tar
   rm -f "$run/best.pth.tar"
 done
-for group in tiny small fmnist; do
+# A group's archive over that limit drops the .pth.tar files; one still over it (the base group's
+# weights, about 62 MiB) comes back in 15 MiB parts: `cat base.tar.gz.part-* | tar xz`.
+for group in tiny small fmnist base; do
   [ -d "$WORK/$group" ] || continue
   tar czf "$OUT/$group.tar.gz" -C "$WORK" "$group"
   [ "$(stat -c %s "$OUT/$group.tar.gz")" -lt 16000000 ] || tar czf "$OUT/$group.tar.gz" -C "$WORK" --exclude='*.pth.tar' "$group"
+  if [ "$(stat -c %s "$OUT/$group.tar.gz")" -ge 16000000 ]; then
+    split -b 15M "$OUT/$group.tar.gz" "$OUT/$group.tar.gz.part-" && rm "$OUT/$group.tar.gz"
+  fi
 done
 tar czf "$OUT/plans.tar.gz" -C "$WORK" plans
 for f in "$WORK"/*/results/*.json; do
