@@ -35,7 +35,8 @@ SMALL_MIN=${SMALL_MIN:-2.6}
 FMNIST_MIN=${FMNIST_MIN:-1.9}
 BASE_MIN=${BASE_MIN:-5.5}
 SMOKE=${SMOKE:-1}
-DEADLINE_S=${DEADLINE_S:-440}   # training and test validation together; later runs are cut off
+DEADLINE_S=${DEADLINE_S:-440}   # training; runs still training then are cut off
+VALIDATE_GRACE_S=${VALIDATE_GRACE_S:-60}   # then the test validations of finished runs
 TRAIN_FLAGS=${TRAIN_FLAGS:---device cuda}
 RUN_GROUPS=${RUN_GROUPS:-tiny small fmnist}
 TINY_TWINS=${TINY_TWINS:-wt wtsm deq}
@@ -107,9 +108,13 @@ has base && scripts/train_checkpoints.sh -n -j 3 -o "$WORK/base" $C/{wt,wtsm,deq
 
 # Wait until all finish or the deadline passes; then stop what is left (its folder keeps last.pth.tar for --resume).
 while [ $((SECONDS - START)) -lt "$DEADLINE_S" ] && [ -n "$(jobs -rp)" ]; do sleep 2; done
+# A run whose training finished keeps VALIDATE_GRACE_S more for its test validation (on 2026-11-29 the deadline
+# stopped the base DEQ's seconds after its last epoch).
 if [ -n "$(jobs -rp)" ]; then
-  echo "deadline ${DEADLINE_S}s reached: stopping unfinished runs"
-  pkill -TERM -f "train.py --config" ; pkill -TERM -f validate.py; sleep 3
+  echo "deadline ${DEADLINE_S}s reached: stopping unfinished training runs"
+  pkill -TERM -f "train.py --config"
+  while [ $((SECONDS - START)) -lt $((DEADLINE_S + VALIDATE_GRACE_S)) ] && [ -n "$(jobs -rp)" ]; do sleep 2; done
+  [ -n "$(jobs -rp)" ] && { echo "validation grace ${VALIDATE_GRACE_S}s over: stopping"; pkill -TERM -f validate.py; sleep 3; }
 fi
 wait
 
