@@ -43,11 +43,12 @@ TINY_TWINS=${TINY_TWINS:-wt wtsm deq}
 C=configs
 has() { case " $RUN_GROUPS " in *" $1 "*) return 0 ;; esac; return 1; }
 mkdir -p "$OUT" "$WORK/plans"
-if [ -f .whl/site.tar.gz ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
-  tar xzf .whl/site.tar.gz -C /tmp || exit 1
-  export PYTHONPATH=/tmp/site
-elif [ -d .whl ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if [ -d .whl ] && ! $PY -c 'import torchdeq, fvcore' 2>/dev/null; then
+  if [ -f .whl/site.tar.gz ]; then
+    tar xzf .whl/site.tar.gz -C /tmp || exit 1
+  else
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  fi
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PY PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
