@@ -175,6 +175,13 @@ def test_export_leaves_training_only_model_args_out_of_the_published_config(tmp_
     # the run's settings, the model's default where the run named none; phantom_steps only for phantom gradients
     assert trained.startswith('jac_reg_weight=0.5, grad_mode=implicit, b_solver=fixed_point_iter, b_max_iter=20 ')
     assert 'phantom_steps' not in trained
+    # a folder whose config.json still names one (as an older export wrote) fails verify, naming it
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args'].update(grad_mode='phantom', phantom_steps=2)
+    (folder / 'config.json').write_text(json.dumps(config))
+    hub.write_manifest(folder)
+    problems = hub.verify_folder(folder, check_registration=False)
+    assert len(problems) == 1 and "training-only arguments ['grad_mode', 'phantom_steps']" in problems[0]
 
 
 def test_export_writes_the_tags_own_model_arguments_and_verify_ties_them_to_the_name(tmp_path, monkeypatch):

@@ -344,6 +344,10 @@ def config_problems(config: Dict[str, Any], name: str, path: Path) -> List[str]:
                             f'{name} has {_jsonable(registered.get(key))}')
     if config.get('num_classes') != registered['num_classes']:
         problems.append(f'{path}: num_classes {config.get("num_classes")}, {name} has {registered["num_classes"]}')
+    training_only = sorted(set(config.get('model_args') or {}) & set(TRAINING_ONLY_MODEL_ARGS))
+    if training_only:  # they change nothing a user loads, yet read as if the model needed them
+        problems.append(f'{path}: model_args carry training-only arguments {training_only}; export writes only what '
+                        'inference builds (the card and train_args.yaml say how it was trained)')
     return problems
 
 
