@@ -304,3 +304,17 @@ def test_a_stale_copy_is_caught(tmp_path):
     data[0]['verdict'] = HOLDS if data[0]['verdict'] != HOLDS else FAILS
     (out / 'claims.json').write_text(json.dumps(data, indent=2) + '\n')
     assert claims.stale(out) == ['claims.json']
+
+
+def test_a_published_tag_trained_before_its_recipe_changed_says_so():
+    """deq_resnet_tiny.c10 was published with phantom gradients; its recipe now trains with implicit ones. The
+    accuracy comparison is then with the older DEQ, and the claims row must not read as the recipe's."""
+    recipe = yaml.safe_load((REPO / 'configs' / 'deq_resnet_tiny.c10.yaml').read_text())['model_kwargs']
+    older = dict(name='deq_resnet_tiny.c10', args=dict(model_kwargs=dict(recipe, grad_mode='phantom', phantom_steps=2,
+                                                                         jac_reg_weight=0.5)))
+    drift = claims.recipe_drift(older)
+    assert drift.startswith('deq_resnet_tiny.c10 trained with jac_reg_weight=0.5, grad_mode=phantom, its recipe now')
+    assert f"jac_reg_weight={recipe['jac_reg_weight']}, grad_mode={recipe['grad_mode']}" in drift
+    assert 'phantom_steps' not in drift  # the recipe names none: nothing it changed
+    assert claims.recipe_drift(dict(name='deq_resnet_tiny.c10', args=dict(model_kwargs=recipe))) == ''
+    assert claims.recipe_drift(dict(name='wt_resnet_tiny.c10', args=dict(lr=0.2))) == ''

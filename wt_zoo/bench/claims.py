@@ -33,7 +33,7 @@ from .stability import solver_trend
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, log, stopped_early
 
 __all__ = ['add_arguments', 'run', 'judge', 'judge_ratio', 'combine', 'build', 'render_readme', 'readme_section',
-           'write', 'HOLDS', 'FAILS', 'UNRESOLVED', 'MIXED', 'NOT_MEASURED']
+           'write', 'recipe_drift', 'HOLDS', 'FAILS', 'UNRESOLVED', 'MIXED', 'NOT_MEASURED']
 
 HOLDS = 'holds'
 FAILS = 'does not hold'
@@ -347,15 +347,33 @@ def _checkpoint_pairs(src: Sources, family: str, twin: str) -> List[Tuple[Dict[s
     return pairs
 
 
+def recipe_drift(checkpoint: Dict[str, Any]) -> str:
+    """The training-only model arguments (a DEQ's gradient, its Jacobian term) a published tag trained with that its
+    recipe in configs/ has since changed: its figure is that model's, not what the recipe trains now. '' if none."""
+    from ..cards import TRAINING_ONLY_MODEL_ARGS
+    now = _recipe_args(f"configs/{checkpoint['name']}.yaml").get('model_kwargs') or {}
+    then = checkpoint['args'].get('model_kwargs') or {}
+    moved = [k for k in TRAINING_ONLY_MODEL_ARGS if k in now and then.get(k, now[k]) != now[k]]
+    if not moved:
+        return ''
+    return (f"{checkpoint['name']} trained with {', '.join(f'{k}={then[k]}' for k in moved)}, its recipe now has "
+            f"{', '.join(f'{k}={now[k]}' for k in moved)}")
+
+
 def _checkpoint_row(src: Sources, claim_id: str, claim: str, winner: str, loser: str) -> Dict[str, Any]:
     """``winner`` claimed more accurate than ``loser`` on each published pair."""
     if winner == 'wt':  # (WT, twin) as _checkpoint_pairs gives them
         pairs = _checkpoint_pairs(src, loser, 'wt')
     else:
         pairs = [(b, a) for a, b in _checkpoint_pairs(src, winner, loser)]
-    comparisons = [_points(f"{a['size']} .{a['tag']}", a['top1'], b['top1'], accuracy_resolution(src, a['args'], b['args']),
-                           (winner.upper(), loser.upper()))
-                   for a, b in pairs]
+    comparisons = []
+    for a, b in pairs:
+        comparison = _points(f"{a['size']} .{a['tag']}", a['top1'], b['top1'],
+                             accuracy_resolution(src, a['args'], b['args']), (winner.upper(), loser.upper()))
+        drift = [text for text in (recipe_drift(a), recipe_drift(b)) if text]
+        if drift:
+            comparison['text'] += f" ({'; '.join(drift)})"
+        comparisons.append(comparison)
     return _row(claim_id, claim, 'published checkpoints, test top-1', 'hub_configs/README.md',
                 _checkpoint_regime(pairs) if pairs else '', comparisons,
                 f'no published {winner}/{loser} pair trained the same epochs')
