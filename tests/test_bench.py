@@ -512,6 +512,7 @@ def test_budget_times_a_recipe_named_twice_once_and_counts_it_twice(fake_cifar10
     plan = json.loads(plan_file.read_text())
     first, second = plan['recipes']
     assert first == second  # one timing (two would differ in their last digits), counted for both variants
+    assert first['matmul_gflops'] > 0
     per_epoch = first['train_seconds_per_epoch'] * (1 + first['eval_share'])
     assert plan['epochs'] == math.floor(0.5 * 60 / (per_epoch + per_epoch)) >= 1
 
@@ -596,6 +597,7 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     assert row['epochs'] == plan['epochs'] == len(tables['curves']) >= 1
     assert plan['epochs'] * plan['train_seconds_per_epoch'] <= 0.2 * 60
     assert 0 <= row['test_top1'] <= 100 and row['heldout_top1'] == tables['curves'][-1]['heldout_top1']
+    assert row['matmul_gflops'] == plan['matmul_gflops'] > 0  # the planning machine's speed, kept with the plan
     assert [p['epoch'] for p in tables['curves']] == list(range(1, plan['epochs'] + 1))
     assert (out / 'time_to_accuracy.png').stat().st_size > 0 and '| wt_resnet_tiny.c10 |' in readme
 

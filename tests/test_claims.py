@@ -138,7 +138,13 @@ def test_claims_judge_synthetic_results_and_fill_in_when_a_measurement_appears(t
     _write(tta, 'summary.json', [_tta_row('wt_resnet_tiny.c10', 80.0, 10.0), _tta_row('deq_resnet_tiny.c10', 75.0, 10.0)])
     _write(tta, 'curves.json', _curve('wt_resnet_tiny.c10', 80.0, 10.0) + _curve('deq_resnet_tiny.c10', 75.0, 10.0))
     [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
-    assert wall['verdict'] == HOLDS
+    assert wall['verdict'] == HOLDS and 'machines differ' not in wall['measured']
+    # rows planned on machines of one CPU name but different measured speed: said beside the minutes
+    for wt_speed, deq_speed, said in ((100.0, 105.0, False), (150.0, 100.0, True)):
+        _write(tta, 'summary.json', [dict(_tta_row('wt_resnet_tiny.c10', 80.0, 10.0), matmul_gflops=wt_speed),
+                                     dict(_tta_row('deq_resnet_tiny.c10', 75.0, 10.0), matmul_gflops=deq_speed)])
+        [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
+        assert ('machines differ: WT ran on 150, DEQ on 100 GFLOP/s' in wall['measured']) == said
 
     # the same stability gap inside a larger seed spread is not resolvable; reversed, it does not hold
     _stability(results, wt_mean=50.0, deq_mean=45.0, std=3.0)

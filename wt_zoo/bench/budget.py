@@ -45,6 +45,13 @@ def _eval_share(run) -> float:
     return passes * run.eval_loader.dataset_size / (3 * run.train_loader.dataset_size)
 
 
+def machine_speed(device: torch.device) -> float:
+    """fp32 matmul GFLOP/s where a run is planned: machines sold under one CPU name differ by up to 2x here, so
+    minutes measured on two of them are compared only beside this."""
+    from .efficiency import matmul_peak
+    return round(matmul_peak(1024, device.type, torch.get_num_threads(), min_run_time=0.5)['gflops_2n3_per_s'], 1)
+
+
 def measure(config: str, train_args: Sequence[str]) -> Dict[str, Any]:
     """Seconds per training epoch of one recipe on this machine, with the fast path it would choose."""
     from ..trainer import TrainingRun, parse_train_args
@@ -52,7 +59,7 @@ def measure(config: str, train_args: Sequence[str]) -> Dict[str, Any]:
     run = TrainingRun(args)
     try:
         seconds = run.seconds_per_epoch()
-        return dict(config=config, model=args.model, train_seconds_per_epoch=seconds, eval_share=_eval_share(run),
+        return dict(matmul_gflops=machine_speed(run.ctx.device), config=config, model=args.model, train_seconds_per_epoch=seconds, eval_share=_eval_share(run),
                     steps_per_epoch=len(run.train_loader), amp=args.amp, channels_last=args.channels_last,
                     hardware=describe_hardware(run.ctx.device))
     finally:

@@ -415,6 +415,19 @@ def _value_at(curve: Sequence[Dict[str, Any]], minutes: float) -> Optional[Dict[
     return before[-1] if before else None
 
 
+MACHINE_SPEED_TOLERANCE = 0.10  # matmul timings of one machine vary by a few per cent between runs
+
+
+def _machines_differ(a: Dict[str, Any], b: Dict[str, Any], winner: str, loser: str) -> str:
+    """Minutes on two machines of one CPU name are not like for like: said beside the figures when both rows
+    recorded their machine's matmul speed and it differs."""
+    speed_a, speed_b = a.get('matmul_gflops'), b.get('matmul_gflops')
+    if not speed_a or not speed_b or abs(speed_a / speed_b - 1) <= MACHINE_SPEED_TOLERANCE:
+        return ''
+    return (f"; machines differ: {winner.upper()} ran on {speed_a:.0f}, {loser.upper()} on {speed_b:.0f} GFLOP/s "
+            'fp32 matmul, so the minutes are not like for like')
+
+
 def _wall_time_row(src: Sources, claim_id: str, claim: str, winner: str, loser: str) -> Dict[str, Any]:
     summary = src.table('time_to_accuracy', 'summary')
     curves = src.table('time_to_accuracy', 'curves')
@@ -445,7 +458,7 @@ def _wall_time_row(src: Sources, claim_id: str, claim: str, winner: str, loser: 
         reached += [f"{k.split('_')[-1]} % not reached vs {b[k]:.1f} min" for k in b
                     if k.startswith('minutes_to_') and b[k] is not None and a.get(k) is None]
         cmp_['text'] += (f"; test top-1 after the budget {a['test_top1']:.2f} vs {b['test_top1']:.2f}"
-                         + (f"; {', '.join(reached)}" if reached else ''))
+                         + (f"; {', '.join(reached)}" if reached else '') + _machines_differ(a, b, winner, loser))
         comparisons.append(cmp_)
         regimes.append(f"{size} .{tag}: {a['epochs']} vs {b['epochs']} epochs in a {a['budget_minutes']:g}-min budget "
                        f"on {a['hardware']}")

@@ -291,7 +291,7 @@ def run(args, argv) -> int:
         row.update(test_top1=round(test_top1, 3),
                    images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1),
                    amp=trained.args.amp, channels_last=trained.args.channels_last, hardware=plan['hardware'],
-                   run_folder=str(run_dir), load_average_1min=load, command=folder.provenance['command'],
+                   matmul_gflops=plan.get('matmul_gflops'), run_folder=str(run_dir), load_average_1min=load, command=folder.provenance['command'],
                    git_commit=folder.provenance['git_commit'], date=folder.provenance['date'])
         if args.whole_train_split:
             final = _merge(final, [row])
@@ -311,6 +311,7 @@ def run(args, argv) -> int:
                *[Column(f'minutes_to_{level:g}', f'min to {level:g} %', '{:.1f}') for level in args.thresholds],
                Column('images_per_s', 'train img/s', '{:.0f}'), Column('amp', 'amp'),
                Column('channels_last', 'channels_last'), Column('hardware', 'hardware'),
+               Column('matmul_gflops', 'machine fp32 matmul GFLOP/s', '{:.0f}'),
                Column('load_average_1min', 'load at start', '{:.2f}'), Column('git_commit', 'commit',
                                                                                lambda c: f'`{c[:10]}`')]
     final_columns = [Column('model', 'model'), Column('train_images', 'training images', '{:,}'),
