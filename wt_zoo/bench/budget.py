@@ -59,9 +59,9 @@ def measure(config: str, train_args: Sequence[str]) -> Dict[str, Any]:
     run = TrainingRun(args)
     try:
         seconds = run.seconds_per_epoch()
-        return dict(matmul_gflops=machine_speed(run.ctx.device), config=config, model=args.model, train_seconds_per_epoch=seconds, eval_share=_eval_share(run),
+        return dict(config=config, model=args.model, train_seconds_per_epoch=seconds, eval_share=_eval_share(run),
                     steps_per_epoch=len(run.train_loader), amp=args.amp, channels_last=args.channels_last,
-                    hardware=describe_hardware(run.ctx.device))
+                    hardware=describe_hardware(run.ctx.device), matmul_gflops=machine_speed(run.ctx.device))
     finally:
         del run
         gc.collect()

@@ -291,8 +291,9 @@ def run(args, argv) -> int:
         row.update(test_top1=round(test_top1, 3),
                    images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1),
                    amp=trained.args.amp, channels_last=trained.args.channels_last, hardware=plan['hardware'],
-                   matmul_gflops=plan.get('matmul_gflops'), run_folder=str(run_dir), load_average_1min=load, command=folder.provenance['command'],
-                   git_commit=folder.provenance['git_commit'], date=folder.provenance['date'])
+                   matmul_gflops=plan.get('matmul_gflops'), run_folder=str(run_dir), load_average_1min=load,
+                   command=folder.provenance['command'], git_commit=folder.provenance['git_commit'],
+                   date=folder.provenance['date'])
         if args.whole_train_split:
             final = _merge(final, [row])
             folder.write_table('final', final)
