@@ -70,7 +70,7 @@ def _write(folder: Path, name: str, data) -> None:
 
 
 def _stability(results: Path, wt_mean: float, deq_mean: float, std: float, deq_first_divergence: float = 1.5,
-               recipes: bool = False):
+               recipes: bool = False, folder: str = 'stability'):
     """A stability summary: from runs of the zoo's recipes on the full split (``recipes``), or short runs on a
     subset that tracked DEQ iterations on a probe batch (the results committed before)."""
     rows = []
@@ -84,13 +84,13 @@ def _stability(results: Path, wt_mean: float, deq_mean: float, std: float, deq_f
                 row.update(dict(nstep_first_mean=6.0, nstep_last_mean=9.0) if recipes
                            else dict(probe_nstep_start_mean=6.0, probe_nstep_end_mean=9.0))
             rows.append(row)
-    _write(results / 'stability', 'summary.json', rows)
+    _write(results / folder, 'summary.json', rows)
     settings = dict(epochs=2, train_subset=500, seeds=[0, 1, 2], lrs=[0.1, 0.5, 1.5], eval_subset=200)
     if recipes:
         settings = dict(epochs=10, train_subset=None, held_out=5000, seeds=[0, 1, 2], lrs=[0.1, 0.5, 1.5],
                         recipes=['configs/wt_resnet_tiny.c10.yaml', 'configs/deq_resnet_tiny.c10.yaml'])
-    _write(results / 'stability', 'run.json', dict(command='python -m wt_zoo.bench stability', date='d', git_commit='c1',
-                                                   settings=settings))
+    _write(results / folder, 'run.json', dict(command='python -m wt_zoo.bench stability', date='d', git_commit='c1',
+                                              settings=settings))
 
 
 def _tta_row(model: str, final: float, minutes: float):
@@ -247,6 +247,31 @@ def test_a_finished_long_sweep_supersedes_the_short_one(tmp_path):
     assert row['verdict'] == HOLDS and row['comparisons'][0]['resolution'] == pytest.approx(0.6)
     assert row['regime'].startswith('15 epochs') and 'partial' not in row['regime']
     assert [s['source'] for s in claims.sources(results, hub)].count('results/sweep_full') == 1
+
+
+def test_a_finished_full_stability_grid_supersedes_the_short_one(tmp_path):
+    results, hub = tmp_path / 'results', tmp_path / 'hub_configs'
+    _stability(results, wt_mean=50.0, deq_mean=45.0, std=1.0, deq_first_divergence=0.5)
+    # at the full regime the DEQ comes out ahead and diverges no earlier than WT
+    _stability(results, wt_mean=80.0, deq_mean=84.0, std=0.3, recipes=True, folder='stability_full')
+    full_run = json.loads((results / 'stability_full' / 'run.json').read_text())
+
+    def rows_of(claim_id):
+        return [r for r in _by_id(claims.build(results, hub), claim_id) if r['source'].startswith('stability')]
+
+    # partial: a grid with lrs or seeds still to run could name a first divergence too early, so the short one speaks
+    _write(results / 'stability_full', 'run.json', dict(full_run, runs_finished=11, runs_planned=18))
+    [acc] = rows_of('accuracy_wt_vs_deq_epochs')
+    assert acc['source'] == 'stability' and acc['verdict'] == HOLDS and acc['link'] == 'results/stability/README.md'
+    assert rows_of('stability_divergence')[0]['verdict'] == HOLDS
+    _write(results / 'stability_full', 'run.json', dict(full_run, runs_finished=18, runs_planned=18))
+    [acc] = rows_of('accuracy_wt_vs_deq_epochs')
+    assert acc['source'] == 'stability_full' and acc['link'] == 'results/stability_full/README.md'
+    assert acc['verdict'] == FAILS and acc['regime'].startswith('10 epochs') and 'partial' not in acc['regime']
+    [div] = rows_of('stability_divergence')
+    assert div['link'] == 'results/stability_full/README.md' and div['verdict'] == UNRESOLVED  # both first at 1.5
+    sources = [s['source'] for s in claims.sources(results, hub)]
+    assert 'results/stability_full' in sources and 'results/stability' not in sources
 
 
 def test_speed_and_memory_claims_from_a_synthetic_efficiency_run(tmp_path):

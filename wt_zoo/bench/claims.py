@@ -56,6 +56,9 @@ COMMAND = 'python -m wt_zoo.bench claims'
 # The sweep at the fast recipe's regime supersedes the short-regime one once every run of it has finished; a
 # partial one does not (its configurations would have unequal seeds, and the guidelines wait for it too).
 SWEEP_FOLDERS = ('sweep_full', 'sweep')
+# Likewise the stability benchmark at the fast recipe's regime (10 epochs on full data) supersedes the 2-epoch one
+# once all of its learning rates and seeds have finished: a partial grid would name a first divergence too early.
+STABILITY_FOLDERS = ('stability_full', 'stability')
 
 DATASETS = {'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100', 'fashion_mnist': 'Fashion-MNIST'}
 
@@ -122,7 +125,8 @@ RULES = f"""\
   and DEQ settings): the fast recipe's seed resolution, twice the pooled seed-to-seed standard deviation that
   ablation measured (tiny, 16 epochs; borrowed for other sizes and lengths).
 - Accuracy, one run each, any other recipe: no seed spread was measured at that regime, so the resolution is
-  borrowed: twice the largest seed-to-seed standard deviation results/stability measured (short runs, likely
+  borrowed: twice the largest seed-to-seed standard deviation the stability results measured
+  (results/stability_full once all its runs have finished, else results/stability, whose short runs are likely
   noisier than longer ones, so the borrowed figure errs towards "{UNRESOLVED}"); {ASSUMED_SEED_RESOLUTION:g}
   point when no stability results exist.
 - Accuracy in the sweep: the resolution docs/guidelines.md states and uses. For results/sweep_full (read
@@ -166,14 +170,23 @@ class Sources:
     def settings(self, folder: str) -> Dict[str, Any]:
         return self.run(folder).get('settings', {})
 
-    @property
-    def sweep(self) -> str:
-        """The results folder the sweep claims read: the first of SWEEP_FOLDERS that is complete, else the last."""
-        for folder in SWEEP_FOLDERS[:-1]:
+    def _first_complete(self, folders: Sequence[str]) -> str:
+        for folder in folders[:-1]:
             run = self.run(folder)
             if run.get('runs_finished') is not None and stopped_early(run) is None:
                 return folder
-        return SWEEP_FOLDERS[-1]
+        return folders[-1]
+
+    @property
+    def sweep(self) -> str:
+        """The results folder the sweep claims read: the first of SWEEP_FOLDERS that is complete, else the last."""
+        return self._first_complete(SWEEP_FOLDERS)
+
+    @property
+    def stability(self) -> str:
+        """The results folder the stability claims read: the first of STABILITY_FOLDERS that is complete, else the
+        last."""
+        return self._first_complete(STABILITY_FOLDERS)
 
     def checkpoints(self) -> List[Dict[str, Any]]:
         """One row per published folder: test top-1 and the training regime, from its results files."""
@@ -207,7 +220,7 @@ def _lrs(values: Sequence[float]) -> str:
 
 
 def _seed_std_rows(src: Sources) -> List[Dict[str, Any]]:
-    return [r for r in src.table('stability', 'summary') if r.get('top1_std') is not None and r.get('runs', 0) > 1]
+    return [r for r in src.table(src.stability, 'summary') if r.get('top1_std') is not None and r.get('runs', 0) > 1]
 
 
 def borrowed_resolution(src: Sources) -> float:
@@ -255,7 +268,7 @@ def sweep_resolution(src: Sources) -> float:
 
 
 def _stability_regime(src: Sources) -> str:
-    return stability_regime(src.settings('stability')) + _partial(src, 'stability')
+    return stability_regime(src.settings(src.stability)) + _partial(src, src.stability)
 
 
 def _sweep_regime(src: Sources) -> str:
@@ -389,7 +402,7 @@ def _plus_minus(row: Dict[str, Any]) -> str:
 def claim_wt_vs_deq_epochs(src: Sources) -> List[Dict[str, Any]]:
     claim = 'WT is more accurate than its DEQ twin at equal parameters and epochs'
     rows = []
-    summary = [r for r in src.table('stability', 'summary') if r.get('top1_mean') is not None]
+    summary = [r for r in src.table(src.stability, 'summary') if r.get('top1_mean') is not None]
     comparisons = []
     for size in SIZES:
         wt = [r for r in summary if r['family'] == 'wt' and r['model'].endswith(f'_{size}')]
@@ -402,9 +415,9 @@ def claim_wt_vs_deq_epochs(src: Sources) -> List[Dict[str, Any]]:
         text = (f"{size}, each at its best lr: WT {_plus_minus(a)} (lr {a['lr']:g}) vs DEQ "
                 f"{_plus_minus(b)} (lr {b['lr']:g}) ({delta:+.2f}, resolution {tol:.2f})")
         comparisons.append(_cmp(size, text, delta, tol, judge(delta, tol)))
-    rows.append(_row('accuracy_wt_vs_deq_epochs', claim, 'stability', 'results/stability/README.md',
+    rows.append(_row('accuracy_wt_vs_deq_epochs', claim, src.stability, f'results/{src.stability}/README.md',
                      _stability_regime(src) if comparisons else '', comparisons,
-                     'no WT and DEQ twins in results/stability yet'))
+                     f'no WT and DEQ twins in results/{src.stability} yet'))
     rows.append(_checkpoint_row(src, 'accuracy_wt_vs_deq_epochs', claim, 'wt', 'deq'))
     return rows
 
@@ -565,7 +578,7 @@ def claim_memory(src: Sources) -> List[Dict[str, Any]]:
 
 
 def claim_stability(src: Sources) -> List[Dict[str, Any]]:
-    summary = src.table('stability', 'summary')
+    summary = src.table(src.stability, 'summary')
     lrs = sorted({r['lr'] for r in summary})
     div_cmp, solver_cmp = [], []
     cap = next((r.get('f_max_iter') for r in src.table('efficiency', 'efficiency') if r.get('f_max_iter')), None)
@@ -598,18 +611,19 @@ def claim_stability(src: Sources) -> List[Dict[str, Any]]:
             solver_cmp.append(_cmp(f"{size} lr {r['lr']:g}", text, delta, SOLVER_RESOLUTION,
                                    judge(delta, SOLVER_RESOLUTION)))
     regime = _stability_regime(src) if summary else ''
-    missing = 'no WT and DEQ twins in results/stability yet'
+    missing = f'no WT and DEQ twins in results/{src.stability} yet'
+    link = f'results/{src.stability}/README.md'
     return [
-        _row('stability_divergence', 'WT trains stably at learning rates where its DEQ twin diverges', 'stability',
-             'results/stability/README.md', regime if div_cmp else '', div_cmp, missing),
-        _row('stability_solver', 'The DEQ solver needs more iterations as training goes on', 'stability',
-             'results/stability/README.md', (regime + '; ' + _solver_where(src)) if solver_cmp else '',
+        _row('stability_divergence', 'WT trains stably at learning rates where its DEQ twin diverges', src.stability,
+             link, regime if div_cmp else '', div_cmp, missing),
+        _row('stability_solver', 'The DEQ solver needs more iterations as training goes on', src.stability,
+             link, (regime + '; ' + _solver_where(src)) if solver_cmp else '',
              solver_cmp, missing),
     ]
 
 
 def _solver_where(src: Sources) -> str:
-    if 'recipes' in src.settings('stability'):
+    if 'recipes' in src.settings(src.stability):
         return 'iterations on the held-out images after the first and the last epoch'
     return 'iterations on 256 held-out images before and after training'
 
@@ -739,7 +753,7 @@ def sources(results: Path = RESULTS, hub_configs: Path = HUB_CONFIGS) -> List[Di
     """What each source is and which command and commit made it."""
     src = Sources(results, hub_configs)
     out = []
-    for folder in ('efficiency', 'stability', src.sweep, 'train_speed', FAST_RECIPE_ABLATION):
+    for folder in ('efficiency', src.stability, src.sweep, 'train_speed', FAST_RECIPE_ABLATION):
         run = src.run(folder)
         if run:
             out.append(dict(source=f'results/{folder}', command=run.get('command', '?'), date=run.get('date', '?'),
