@@ -224,7 +224,7 @@ def _seed_std_rows(src: Sources) -> List[Dict[str, Any]]:
 
 
 def borrowed_resolution(src: Sources) -> float:
-    """For one-run accuracy figures: twice the largest seed-to-seed std results/stability measured."""
+    """For one-run accuracy figures: twice the largest seed-to-seed std the stability results measured."""
     rows = _seed_std_rows(src)
     return 2 * max(r['top1_std'] for r in rows) if rows else ASSUMED_SEED_RESOLUTION
 
