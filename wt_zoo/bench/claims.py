@@ -21,6 +21,7 @@ differs from what the results files give now.
 
     python -m wt_zoo.bench claims
 """
+import functools
 import json
 import math
 import os
@@ -177,12 +178,12 @@ class Sources:
                 return folder
         return folders[-1]
 
-    @property
+    @functools.cached_property
     def sweep(self) -> str:
         """The results folder the sweep claims read: the first of SWEEP_FOLDERS that is complete, else the last."""
         return self._first_complete(SWEEP_FOLDERS)
 
-    @property
+    @functools.cached_property
     def stability(self) -> str:
         """The results folder the stability claims read: the first of STABILITY_FOLDERS that is complete, else the
         last."""
