@@ -487,6 +487,45 @@ def test_guidelines_say_how_the_choices_moved_from_an_earlier_regime(tmp_path):
                     '--out', str(tmp_path / 'g.md')])
 
 
+def _stability_folder(folder: Path, wt_std: float) -> Path:
+    """A stability results folder whose WT runs at lr 0.15 spread by ``wt_std`` points."""
+    folder.mkdir(parents=True)
+    rows = [dict(model='wt_resnet_tiny', family='wt', lr=0.15, runs=3, diverged=0, top1_mean=50.0, top1_std=wt_std)]
+    (folder / 'summary.json').write_text(json.dumps(rows))
+    return folder
+
+
+def test_guidelines_take_the_earlier_sweeps_resolution_from_its_own_regime(tmp_path):
+    from wt_zoo.bench.guidelines import generate
+    before = _sweep_folder(tmp_path / 'short', {(2, 32): 41.0, (4, 32): 43.0}, 2)
+    run = json.loads((before / 'run.json').read_text())
+    run.pop('seed_std_pooled')  # one seed: its noise must come from elsewhere
+    (before / 'run.json').write_text(json.dumps(dict(run, settings=dict(run['settings'], lr=0.15))))
+    now = _sweep_folder(tmp_path / 'long', {(2, 32): 80.0, (4, 32): 84.0}, 15, seeds=(0, 1))
+    long_stability = _stability_folder(tmp_path / 'stab_long', 0.2)
+    short_stability = _stability_folder(tmp_path / 'stab_short', 1.5)
+
+    def moved_section(**kw):
+        text = generate(now, tmp_path / 'docs' / 'g.md', stability_dir=long_stability, previous_dir=before, **kw)
+        return text.split('## How the choices moved from the earlier regime')[1].split('\n## ')[0]
+
+    # this regime's stability run says nothing of the earlier regime's noise: the assumed resolution, said so
+    section = moved_section()
+    assert '(resolution 1.0 points: an assumed 1.0 point' in section
+    assert '- width 32: smallest depth within the resolution of the best, earlier 4, now 4' in section
+    # a stability run at the earlier regime gives it: 2 points at lr 0.15 turn a 2-point gap into no difference
+    section = moved_section(previous_stability_dir=short_stability)
+    assert '(resolution 3.0 points: twice the seed-to-seed standard deviation' in section
+    assert '](../stab_short/README.md)' in section and 'stab_long' not in section
+    assert '- width 32: smallest depth within the resolution of the best, earlier 2, now 4 (moved).' in section
+    with pytest.raises(SystemExit, match='--previous-stability-results gives the resolution of --previous-sweep'):
+        bench_main(['guidelines', '--sweep-results', str(now), '--previous-stability-results', str(short_stability),
+                    '--out', str(tmp_path / 'g.md')])
+    with pytest.raises(SystemExit, match='--previous-stability-results .* holds no summary.json'):
+        bench_main(['guidelines', '--sweep-results', str(now), '--previous-sweep', str(before),
+                    '--previous-stability-results', str(tmp_path / 'none'), '--out', str(tmp_path / 'g.md')])
+
+
 def test_guidelines_without_sweep_results_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match='run `python -m wt_zoo.bench sweep` first'):
         bench_main(['guidelines', '--sweep-results', str(tmp_path / 'missing'), '--out', str(tmp_path / 'g.md')])

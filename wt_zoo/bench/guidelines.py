@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--previous-sweep', default=None, metavar='DIR',
                         help='an earlier sweep of the same grid at another regime (e.g. results/sweep, the short '
                              'one): the document then says how each ranking and rule moved between the regimes')
+    parser.add_argument('--previous-stability-results', default=None, metavar='DIR',
+                        help="stability results at the earlier sweep's regime, for that sweep's resolution when it ran "
+                             'one seed (default: none; a stability run at another regime says nothing about its noise)')
     parser.add_argument('--out', default='docs/guidelines.md', help='document to write (default: %(default)s)')
 
 
@@ -216,19 +219,26 @@ def _moved(before: Any, now: Any) -> str:
 
 
 def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, out: Path,
-                  stability: Optional[List[Dict[str, Any]]], stab_rel: str) -> Tuple[List[str], str]:
-    """The section comparing this sweep with an earlier one of the same grid at another regime, and its summary."""
+                  previous_stability_dir: Optional[Path]) -> Tuple[List[str], str]:
+    """The section comparing this sweep with an earlier one of the same grid at another regime, and its summary.
+
+    The earlier sweep's resolution comes from its own seeds or from a stability run at its regime, never from this
+    regime's: seed noise after 2 epochs is several times that after 15.
+    """
     before_rows = _finished(previous_dir)
     before_run = _run_info(previous_dir)
     before_settings = before_run.get('settings', {})
-    before_tol, _ = _resolution(stability, before_settings.get('lr'), stab_rel, before_run)
+    stability = _load_optional(previous_stability_dir, 'summary') if previous_stability_dir else None
+    stab_rel = (os.path.relpath((previous_stability_dir / 'README.md').resolve(), out.parent.resolve())
+                if previous_stability_dir else '')
+    before_tol, before_tol_source = _resolution(stability, before_settings.get('lr'), stab_rel, before_run)
     rel = os.path.relpath((previous_dir / 'README.md').resolve(), out.parent.resolve())
     by_config = {r['config']: r for r in before_rows}
     shared = [r for r in rows if r['config'] in by_config]
     section = ['## How the choices moved from the earlier regime',
                f'The earlier sweep ([table]({rel})) ran the same grid at {sweep_regime(before_settings)} '
-               f'(resolution {before_tol:.1f} points); it is kept only for this comparison, and every rule above '
-               'comes from this regime.']
+               f'(resolution {before_tol:.1f} points: {before_tol_source}); it is kept only for this comparison, '
+               'and every rule above comes from this regime.']
     if not shared:
         section.append('No configuration finished in both sweeps yet.')
         return section, 'Regimes: no configuration finished in both sweeps yet.'
@@ -289,7 +299,8 @@ def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, ou
 
 
 def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
-             efficiency_dir: Optional[Path] = None, previous_dir: Optional[Path] = None) -> str:
+             efficiency_dir: Optional[Path] = None, previous_dir: Optional[Path] = None,
+             previous_stability_dir: Optional[Path] = None) -> str:
     """The guidelines document as markdown, from the results folders."""
     rows_all = read_table(sweep_dir, 'sweep')
     rows = _finished(sweep_dir)
@@ -513,7 +524,7 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
             section.append(f'Solver iterations over training: {figs.ref(f_stab_deq)}.')
         out_lines += section
     if previous_dir is not None:
-        section, line = _regime_shift(rows, tol, previous_dir, out, stability, stab_rel)
+        section, line = _regime_shift(rows, tol, previous_dir, out, previous_stability_dir)
         out_lines += section
         summary.append(line)
 
@@ -564,8 +575,14 @@ def run(args, argv: Sequence[str]) -> int:
     if previous_dir is not None and not (previous_dir / 'sweep.json').is_file():
         raise SystemExit(f'error: --previous-sweep {previous_dir} holds no sweep.json; give a folder written by '
                          '`python -m wt_zoo.bench sweep`')
+    previous_stability_dir = Path(args.previous_stability_results) if args.previous_stability_results else None
+    if previous_stability_dir is not None and previous_dir is None:
+        raise SystemExit('error: --previous-stability-results gives the resolution of --previous-sweep; give both')
+    if previous_stability_dir is not None and not (previous_stability_dir / 'summary.json').is_file():
+        raise SystemExit(f'error: --previous-stability-results {previous_stability_dir} holds no summary.json; give a '
+                         'folder written by `python -m wt_zoo.bench stability`')
     try:
-        text = generate(sweep_dir, out, stability_dir, efficiency_dir, previous_dir)
+        text = generate(sweep_dir, out, stability_dir, efficiency_dir, previous_dir, previous_stability_dir)
     except ValueError as e:
         raise SystemExit(f'error: {e}')
     out.parent.mkdir(parents=True, exist_ok=True)
