@@ -115,6 +115,13 @@ class _Figures:
         return '\n\n'.join(parts)
 
 
+def _stability_source(folder: Optional[Path], out: Path) -> Tuple[Optional[List[Dict[str, Any]]], str]:
+    """A stability folder's summary rows (None when absent) and its README's link from the document ``out``."""
+    if folder is None:
+        return None, ''
+    return _load_optional(folder, 'summary'), os.path.relpath((folder / 'README.md').resolve(), out.parent.resolve())
+
+
 def _resolution(stability: Optional[List[Dict[str, Any]]], sweep_lr: Optional[float], link: str,
                 sweep_run: Optional[Dict[str, Any]] = None) -> Tuple[float, str]:
     """The sweep's own seed spread when it ran two or more seeds, else the stability benchmark's, else assumed."""
@@ -228,9 +235,7 @@ def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, ou
     before_rows = _finished(previous_dir)
     before_run = _run_info(previous_dir)
     before_settings = before_run.get('settings', {})
-    stability = _load_optional(previous_stability_dir, 'summary') if previous_stability_dir else None
-    stab_rel = (os.path.relpath((previous_stability_dir / 'README.md').resolve(), out.parent.resolve())
-                if previous_stability_dir else '')
+    stability, stab_rel = _stability_source(previous_stability_dir, out)
     before_tol, before_tol_source = _resolution(stability, before_settings.get('lr'), stab_rel, before_run)
     rel = os.path.relpath((previous_dir / 'README.md').resolve(), out.parent.resolve())
     by_config = {r['config']: r for r in before_rows}
@@ -306,10 +311,9 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
     rows = _finished(sweep_dir)
     sweep_run = _run_info(sweep_dir)
     settings = sweep_run.get('settings', {})
-    stability = _load_optional(stability_dir, 'summary') if stability_dir else None
+    stability, stab_rel = _stability_source(stability_dir, out)
     efficiency = _load_optional(efficiency_dir, 'efficiency') if efficiency_dir else None
     bars = _load_optional(efficiency_dir, 'bars') if efficiency_dir else None
-    stab_rel = os.path.relpath((stability_dir / 'README.md').resolve(), out.parent.resolve()) if stability_dir else ''
     tol, tol_source = _resolution(stability, settings.get('lr'), stab_rel, sweep_run)
 
     figs = _Figures(out)
