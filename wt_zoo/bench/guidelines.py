@@ -115,11 +115,16 @@ class _Figures:
         return '\n\n'.join(parts)
 
 
+def _readme_link(folder: Path, out: Path) -> str:
+    """A results folder's README as a relative link from the document ``out``, wherever either lives."""
+    return os.path.relpath((folder / 'README.md').resolve(), out.parent.resolve())
+
+
 def _stability_source(folder: Optional[Path], out: Path) -> Tuple[Optional[List[Dict[str, Any]]], str]:
     """A stability folder's summary rows (None when absent) and its README's link from the document ``out``."""
     if folder is None:
         return None, ''
-    return _load_optional(folder, 'summary'), os.path.relpath((folder / 'README.md').resolve(), out.parent.resolve())
+    return _load_optional(folder, 'summary'), _readme_link(folder, out)
 
 
 def _resolution(stability: Optional[List[Dict[str, Any]]], sweep_lr: Optional[float], link: str,
@@ -237,7 +242,7 @@ def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, ou
     before_settings = before_run.get('settings', {})
     stability, stab_rel = _stability_source(previous_stability_dir, out)
     before_tol, before_tol_source = _resolution(stability, before_settings.get('lr'), stab_rel, before_run)
-    rel = os.path.relpath((previous_dir / 'README.md').resolve(), out.parent.resolve())
+    rel = _readme_link(previous_dir, out)
     by_config = {r['config']: r for r in before_rows}
     shared = [r for r in rows if r['config'] in by_config]
     section = ['## How the choices moved from the earlier regime',
@@ -333,7 +338,7 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
 
     dense = [r for r in rows if r['family'] == 'wt']
     masked = [r for r in rows if r['family'] == 'wtsm']
-    rel_sweep = os.path.relpath((sweep_dir / 'README.md').resolve(), out.parent.resolve())
+    rel_sweep = _readme_link(sweep_dir, out)
     table_ref = f'([sweep table]({rel_sweep}))'
     out_lines: List[str] = []
     summary: List[str] = []
@@ -491,7 +496,7 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
     # --- cost and stability, when measured
     if efficiency or bars:
         section = ['## Cost of each choice (efficiency benchmark)']
-        eff_rel = os.path.relpath((efficiency_dir / 'README.md').resolve(), out.parent.resolve())
+        eff_rel = _readme_link(efficiency_dir, out)
         if efficiency:
             cpu = [r for r in efficiency if r['device'] == 'cpu']
             batches = sorted(int(k[len('infer_b'):-len('_img_s_vs_wt')]) for r in cpu for k in r
