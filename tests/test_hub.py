@@ -25,7 +25,7 @@ from huggingface_hub.utils.sha import git_hash
 from safetensors.torch import load_file, save_file
 
 import wt_zoo
-from wt_zoo import hub
+from wt_zoo import cards, hub
 from wt_zoo.cards import SLICE_RESULTS, HubFolderError
 from wt_zoo.hub_ids import HUB_CONFIGS_ENV, REPO_HUB_CONFIGS, published_hub_ids
 
@@ -338,6 +338,11 @@ def test_export_keeps_how_the_recipe_was_chosen_and_checks_the_run_trained_with_
     card = (folder / 'README.md').read_text()
     section = card[card.index('## How the recipe was chosen'):card.index('## Data')]
     assert 'This checkpoint trained with **v1**.' in section and 'With one seed there is no measured resolution' in section
+    assert 'carried over' not in section  # the ablation trained this model's own recipe
+    # a twin that takes another model's ablation (mdeq_tiny.c10 from deq_resnet_tiny's) says so
+    carried = '\n'.join(cards._choices_lines(kept, 'mdeq_tiny.c10'))
+    assert ("The ablation trained `deq_resnet_tiny.c10`'s recipe, not this model's: its choice is carried over to "
+            'mdeq_tiny.c10 without an ablation of its own.') in carried
     assert '| **v1** |  | 70.16 |' in section
     assert '| no_jac | `--model-kwargs jac_reg_weight=0` | 70.90 | +0.74 |' in section
     assert hub.verify_folder(folder, check_registration=False) == []

@@ -459,9 +459,12 @@ def _solver_choice_lines(choices: Dict[str, Any]) -> List[str]:
     return lines + ['']
 
 
-def _choices_lines(choices: Dict[str, Any]) -> List[str]:
+def _choices_lines(choices: Dict[str, Any], name: str) -> List[str]:
     def cell(value, spec='{:.2f}'):
         return '' if value is None else spec.format(value)
+    ablated = Path(str(choices.get('recipe') or '')).name.removesuffix('.yaml')
+    carried = (f' The ablation trained `{ablated}`\'s recipe, not this model\'s: its choice is carried over to '
+               f'{name} without an ablation of its own.' if ablated and ablated != name else '')
     seeds = choices.get('seeds') or []
     resolution = choices.get('resolution')
     lines = [
@@ -476,7 +479,7 @@ def _choices_lines(choices: Dict[str, Any]) -> List[str]:
         + (f'Resolution {resolution:.2f} points (twice the seed-to-seed standard deviation): a variant differs from the '
            'first only outside it.' if resolution is not None else
            'With one seed there is no measured resolution: small differences may be seed noise.'),
-        '', f'This checkpoint trained with **{choices["chosen"]}**.', '',
+        '', f'This checkpoint trained with **{choices["chosen"]}**.{carried}', '',
         '| variant | flags over the recipe | held-out top-1 (%) | vs first | verdict | diverged | solver iterations '
         '| relative residual | training min |',
         '|---|---|---|---|---|---|---|---|---|',
@@ -591,7 +594,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         f'`python train.py --config {TRAIN_ARGS}` trains this recipe again.', '',
     ]
     if (folder / RECIPE_CHOICES).is_file():
-        lines += _choices_lines(json.loads((folder / RECIPE_CHOICES).read_text()))
+        lines += _choices_lines(json.loads((folder / RECIPE_CHOICES).read_text()), name)
     if (folder / SOLVER_CHOICES).is_file():
         lines += _solver_choice_lines(json.loads((folder / SOLVER_CHOICES).read_text()))
     lines += [
