@@ -462,7 +462,7 @@ def _solver_choice_lines(choices: Dict[str, Any]) -> List[str]:
 def _choices_lines(choices: Dict[str, Any], name: str) -> List[str]:
     def cell(value, spec='{:.2f}'):
         return '' if value is None else spec.format(value)
-    ablated = Path(str(choices.get('recipe') or '')).name.removesuffix('.yaml')
+    ablated = Path(choices['recipe']).stem if choices.get('recipe') else ''  # configs/<name>.yaml, as time-to-accuracy
     carried = (f' The ablation trained `{ablated}`\'s recipe, not this model\'s: its choice is carried over to '
                f'{name} without an ablation of its own.' if ablated and ablated != name else '')
     seeds = choices.get('seeds') or []
