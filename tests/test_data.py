@@ -376,6 +376,38 @@ def test_alternate_flips_need_the_default_flip_probability_and_the_on_device_loa
         wt_data.create_train_loader(spec, cfg, 4, torch.device('cpu'))
 
 
+def test_progressive_sizes_grow_in_steps_to_the_full_size_and_reject_bad_settings():
+    sizes = [wt_data.progressive_image_size(epoch, 20, 32, 24, 0.75) for epoch in range(20)]
+    assert sizes[0] == 24 and 28 in sizes and sizes == sorted(sizes)
+    assert all(size % wt_data.PROGRESSIVE_SIZE_STEP == 0 for size in sizes)
+    assert sizes[15:] == [32] * 5 and sizes[14] < 32  # full size from 75 % of the epochs on, not before
+    assert [wt_data.progressive_image_size(e, 4, 28, 18, 1.0) for e in range(4)] == [18, 20, 20, 24]
+    for bad in (32, 40, 4, 24.0, True):
+        with pytest.raises(ValueError, match=r'smallest training size must be an integer in \[8, 32\)'):
+            wt_data.progressive_image_size(0, 20, 32, bad, 0.75)
+    for bad in (0., -0.5, 1.5):
+        with pytest.raises(ValueError, match=r'must be in \(0, 1\]'):
+            wt_data.progressive_image_size(0, 20, 32, 24, bad)
+
+
+def test_device_loader_downscales_training_batches_to_the_set_size_and_not_eval():
+    arrays = _arrays(16, size=12)
+    arrays.images[:] = np.arange(16, dtype=np.uint8)[:, None, None, None] * 10 + 5  # one grey level per image
+    arrays.labels = np.arange(16)
+    loader = wt_data.DeviceImageLoader(arrays, 8, (0.,) * 3, (1 / 255,) * 3, is_training=True, crop_padding=0)
+    assert next(iter(loader))[0].shape[-2:] == (12, 12)
+    loader.set_image_size(8)
+    for x, y in loader:
+        assert x.shape == (8, 3, 8, 8)
+        # a flat image stays flat at any size: downscaling only resamples, it does not mix images
+        assert torch.allclose(x, (y * 10 + 5).float()[:, None, None, None].expand_as(x), atol=1e-3)
+    for bad in (13, 0, 8.0):
+        with pytest.raises(ValueError, match=r'image size must be an integer in \[1, 12\]'):
+            loader.set_image_size(bad)
+    evaluation = wt_data.DeviceImageLoader(arrays, 8, (0.,) * 3, (1 / 255,) * 3)
+    assert next(iter(evaluation))[0].shape[-2:] == (12, 12)
+
+
 def test_device_loader_rejects_bad_settings():
     with pytest.raises(ValueError, match='mean/std need 3 values'):
         wt_data.DeviceImageLoader(_arrays(), 4, (0.5,), (0.5,))

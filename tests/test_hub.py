@@ -251,6 +251,19 @@ def test_card_figures_come_from_the_results_files(published):
     assert 'unstructured masks at density 0.5' in wtsm
 
 
+def test_card_shows_progressive_resizing_only_for_runs_that_used_it(tmp_path):
+    for min_size in (0, 24):
+        run = make_run(tmp_path / f'runs{min_size}', 'wt_resnet_tiny.c10')
+        args = yaml.safe_load((run / 'args.yaml').read_text())
+        args.update(progressive_min_size=min_size, progressive_end=0.75)
+        (run / 'args.yaml').write_text(yaml.safe_dump(args, sort_keys=True))
+        out = tmp_path / f'hub{min_size}'
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=out)
+        card = (out / 'wt_resnet_tiny.c10' / 'README.md').read_text()
+        assert f'| progressive_min_size | {min_size} |' in card
+        assert ('| progressive_end | 0.75 |' in card) == bool(min_size)
+
+
 def test_export_refuses_inconsistent_inputs(published, tmp_path):
     out = tmp_path / 'hub_configs'
     other = make_run(tmp_path, 'wt_resnet_tiny.c10', seed=3, hardware=None)

@@ -243,6 +243,49 @@ def test_alternate_flips_and_fused_sgd_resume_exactly(fake_cifar10, tmp_path, ca
     assert "argument --opt-impl: invalid choice: 'fast'" in capsys.readouterr().err
 
 
+def test_progressive_resizing_trains_small_first_ends_full_size_and_resumes_exactly(fake_cifar10, tmp_path):
+    """Epoch sizes follow the schedule (summary column), the run resumes bit-identical mid-ramp, the export
+    is evaluated at the full size, and a budget's seconds per epoch average the schedule's sizes."""
+    from wt_zoo.trainer import TrainingRun
+    recipe = ['--epochs', '3', '--train-subset', '64', '--eval-subset', '32', '--img-size', '32',
+              '--progressive-min-size', '16', '--progressive-end', '0.6']
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'straight', *recipe))
+    straight = read_summary(tmp_path / 'straight')
+    assert [row['train_image_size'] for row in straight] == ['16', '24', '32']
+    stopped = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'stopped', *recipe)))
+    stopped.prepare_output()
+    stopped.train_epoch(0)
+    del stopped
+    train.main(fake_cifar_args(fake_cifar10, tmp_path, 'stopped', *recipe, '--resume', str(tmp_path / 'stopped')))
+    for a, b in zip(straight, read_summary(tmp_path / 'stopped'), strict=True):
+        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == \
+               {k: v for k, v in b.items() if k not in TIMING_COLUMNS}
+    w_straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
+    w_resumed = load_file(str(tmp_path / 'stopped' / 'model.safetensors'))
+    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+    saved = yaml.safe_load((tmp_path / 'straight' / 'args.yaml').read_text())
+    assert saved['progressive_min_size'] == 16 and saved['input_size'] == [3, 32, 32]
+
+    run = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'plan', *recipe)))
+    step_seconds = {16: 1., 24: 2., 32: 6.}
+    run.seconds_per_step = lambda image_size=None, **kwargs: step_seconds[image_size]
+    assert run.seconds_per_epoch() == pytest.approx((1. + 2. + 6.) / 3 * len(run.train_loader))
+    x, _ = next(iter(run.eval_loader))
+    assert x.shape[-2:] == (32, 32)
+
+
+def test_progressive_resizing_rejects_sizes_it_cannot_serve(fake_cifar10, tmp_path):
+    from test_data import write_image_folder
+    with pytest.raises(SystemExit, match=r'smallest training size must be an integer in \[8, 16\)'):
+        train.main(fake_cifar_args(fake_cifar10, tmp_path, 'big', '--epochs', '1', '--progressive-min-size', '16'))
+    with pytest.raises(SystemExit, match='wt_resnet_tiny takes images of at least 16 pixels a side'):
+        train.main(fake_cifar_args(fake_cifar10, tmp_path, 'small', '--img-size', '32', '--progressive-min-size', '12'))
+    write_image_folder(tmp_path / 'data', per_class=4, size=16)
+    with pytest.raises(SystemExit, match="--progressive-min-size needs the on-device loader .*serves one size"):
+        train.main(['--data-dir', str(tmp_path / 'data'), '--img-size', '16', '--workers', '0', '--epochs', '1',
+                    '--output', str(tmp_path), '--progressive-min-size', '8'])
+
+
 def test_atomic_save_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / 'last.pth.tar'
     wt_training.atomic_torch_save({'epoch': 0, 'w': torch.ones(3)}, path)

@@ -121,8 +121,9 @@ _REQUIRED_RESULTS = ('top1', 'top5', 'images_per_s', 'params', 'gflops', 'datase
 _RECIPE_KEYS = (
     'model', 'model_kwargs', 'dataset', 'val_split_size', 'epochs', 'batch_size', 'opt', 'lr', 'momentum',
     'weight_decay', 'sched', 'warmup_epochs', 'warmup_lr', 'min_lr', 'smoothing', 'mixup', 'cutmix', 'crop_padding',
-    'hflip', 'hflip_mode', 'cutout', 'drop', 'clip_grad', 'model_ema', 'model_ema_decay', 'unrolled_warmup_epochs',
-    'opt_impl', 'amp', 'amp_dtype', 'channels_last', 'grad_checkpointing', 'seed',
+    'hflip', 'hflip_mode', 'cutout', 'progressive_min_size', 'progressive_end', 'drop', 'clip_grad', 'model_ema',
+    'model_ema_decay', 'unrolled_warmup_epochs', 'opt_impl', 'amp', 'amp_dtype', 'channels_last', 'grad_checkpointing',
+    'seed',
 )
 
 
@@ -586,7 +587,9 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
                      + ('the held-out part of the training split.' if args.get('val_split_size') else
                         f'the evaluation split train.py used (see `{TRAIN_ARGS}`).'))
     lines += ['', '| setting | value |', '|---|---|']
-    shown = dict(args, amp_dtype=train['amp_dtype']) if train['amp_dtype'] else args
+    shown = dict(args, amp_dtype=train['amp_dtype']) if train['amp_dtype'] else dict(args)
+    if not shown.get('progressive_min_size'):  # off: its end fraction is only the flag's default
+        shown.pop('progressive_end', None)
     lines += [f'| {key} | {_fmt(shown[key])} |' for key in _RECIPE_KEYS if shown.get(key) not in (None, '', {}, [])]
     lines += [
         '',

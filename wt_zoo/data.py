@@ -2,11 +2,11 @@
 
 Small-image datasets (CIFAR-10, CIFAR-100, Fashion-MNIST) are decoded once into one uint8 array
 and served by :class:`DeviceImageLoader`, which keeps every image on the training device and
-augments whole batches there (random crop with padding, horizontal flip, optional cutout), so
-small models are not bound by a CPU data pipeline. Flips are random per image and epoch
-(``hflip_mode='random'``) or alternate per image between epochs (``'alternate'``: every image seen
-both ways over any two epochs). Any other dataset goes through timm's ``create_dataset`` /
-``create_loader`` (image folders for downstream tasks, ``hfds/``, ...).
+augments whole batches there (random crop with padding, horizontal flip, optional cutout, and an
+optional downscale for progressive resizing), so small models are not bound by a CPU data pipeline.
+Flips are random per image and epoch (``hflip_mode='random'``) or alternate per image between epochs
+(``'alternate'``: every image seen both ways over any two epochs). Any other dataset goes through
+timm's ``create_dataset`` / ``create_loader`` (image folders for downstream tasks, ``hfds/``, ...).
 
 Where the files are looked for, in order: ``--data-dir`` when given (nothing else then), else the
 dataset's environment variable (``WT_ZOO_CIFAR10``, ``WT_ZOO_CIFAR100``, ``WT_ZOO_FASHION_MNIST``),
@@ -37,7 +37,7 @@ __all__ = [
     'canonical_dataset_name', 'default_cache_dir', 'load_image_arrays', 'load_split_arrays', 'held_out_split',
     'stratified_indices', 'parse_split_size', 'adapt_image_arrays', 'DeviceImageLoader', 'TimmLoader',
     'create_train_loader', 'create_eval_loader', 'dataset_num_classes', 'NATIVE_INPUT_SIZE', 'NUM_CLASSES',
-    'HFLIP_MODES',
+    'HFLIP_MODES', 'progressive_image_size', 'resize_batch',
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +78,9 @@ _HOW_TO_GET = {
 # consecutive epochs show it once each way (fewer near-repeats than independent coins; a fast-CIFAR trick).
 HFLIP_MODES = ('random', 'alternate')
 _ALTERNATE_FLIP_STREAM = 0x5EED_F11B  # keeps the alternate flips' coins apart from the crop/shuffle streams
+# Progressive resizing grows the training images' side in steps of this many pixels, so that a schedule visits
+# few distinct sizes (each one a fresh set of kernel shapes) and the zoo's stride-2 stages stay near whole.
+PROGRESSIVE_SIZE_STEP = 4
 _SPLIT_ALIASES = {'train': 'train', 'training': 'train', 'val': 'val', 'valid': 'val', 'validation': 'val',
                   'held_out': 'val', 'heldout': 'val', 'test': 'test', 'eval': 'test'}
 
@@ -511,13 +514,40 @@ def adapt_image_arrays(arrays: ImageArrays, input_size: Sequence[int]) -> ImageA
 # Loaders
 
 
+def progressive_image_size(epoch: int, epochs: int, full_size: int, min_size: int, end_fraction: float) -> int:
+    """The training images' side at ``epoch`` under progressive resizing: ``min_size`` at the start, growing
+    linearly (in steps of ``PROGRESSIVE_SIZE_STEP`` pixels) to ``full_size``, reached once ``end_fraction`` of
+    the ``epochs`` have passed. Early epochs cost less per image; the last ones train at the size the model is
+    evaluated at, so its BatchNorm statistics and filters end matched to it."""
+    if isinstance(min_size, bool) or not isinstance(min_size, int) or not 8 <= min_size < full_size:
+        raise ValueError(f'progressive resizing: the smallest training size must be an integer in [8, {full_size}) '
+                         f'(the full image side is {full_size}), got {min_size!r}')
+    if not 0. < end_fraction <= 1.:
+        raise ValueError(f'progressive resizing: the fraction of epochs after which images are full size must be '
+                         f'in (0, 1], got {end_fraction!r}')
+    end_epoch = end_fraction * epochs
+    if epoch >= end_epoch:
+        return full_size
+    target = min_size + (full_size - min_size) * epoch / end_epoch
+    stepped = PROGRESSIVE_SIZE_STEP * math.floor(target / PROGRESSIVE_SIZE_STEP)
+    return min(full_size, max(min_size, stepped))
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch of square images downscaled to ``size`` pixels a side (bilinear with antialiasing)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode='bilinear', antialias=True, align_corners=False)
+
+
 class DeviceImageLoader:
     """Batches of a uint8 image tensor kept on the device, augmented there in one go per batch.
 
     Training: a seeded permutation per epoch (``set_epoch``), sharded across ranks like
     torch's DistributedSampler, random crop from a zero-padded image, horizontal flip (random, or
-    alternating per image between epochs, see ``HFLIP_MODES``), optional cutout, then normalisation.
-    Every draw follows from (seed, epoch, rank), so a resumed run sees the same batches. Evaluation:
+    alternating per image between epochs, see ``HFLIP_MODES``), optional cutout, then normalisation, and
+    a downscale to ``image_size`` when progressive resizing set one (:meth:`set_image_size`). Every draw
+    follows from (seed, epoch, rank), so a resumed run sees the same batches. Evaluation:
     each rank takes every world_size-th image, in order, no padding, so summed metrics cover each
     image exactly once.
     """
@@ -566,6 +596,7 @@ class DeviceImageLoader:
         self.drop_last = is_training if drop_last is None else drop_last
         self.channels_last = channels_last
         self.epoch = 0
+        self.image_size = self.images.shape[-1]  # the side training batches come out at
         self._scale = (1. / (255. * torch.tensor(std, device=self.device))).view(1, -1, 1, 1)
         self._shift = (-torch.tensor(mean, device=self.device) / torch.tensor(std, device=self.device)).view(1, -1, 1, 1)
         n = len(self.labels)
@@ -584,6 +615,13 @@ class DeviceImageLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_image_size(self, size: int) -> None:
+        """Serve batches downscaled to ``size`` pixels a side (progressive resizing); the full side restores them."""
+        full = self.images.shape[-1]
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= full:
+            raise ValueError(f'image size must be an integer in [1, {full}] (the stored images\' side), got {size!r}')
+        self.image_size = size
 
     def __len__(self) -> int:
         full, rest = divmod(self.num_samples, self.batch_size)
@@ -649,6 +687,7 @@ class DeviceImageLoader:
             x = x.float().mul_(self._scale).add_(self._shift)
             if self.cutout:
                 x = self._cutout(x, g)
+            x = resize_batch(x, self.image_size)
             yield x.contiguous(memory_format=memory_format), self.labels[idx]
 
 

@@ -41,7 +41,7 @@ _OPT_IMPL_KWARGS = {'default': {}, 'for-loop': dict(foreach=False), 'foreach': d
 _RECIPE_KEYS = ('model', 'epochs', 'batch_size', 'lr', 'opt', 'weight_decay', 'sched', 'warmup_epochs', 'seed',
                 'dataset', 'val_split_size', 'val_split_seed', 'train_subset', 'smoothing', 'mixup', 'cutmix',
                 'model_kwargs', 'input_size', 'num_classes', 'model_ema', 'unrolled_warmup_epochs', 'hflip_mode',
-                'opt_impl')
+                'opt_impl', 'progressive_min_size', 'progressive_end')
 
 
 class TrainingStopped(RuntimeError):
@@ -111,6 +111,11 @@ def build_train_parser() -> argparse.ArgumentParser:
     add('--std', type=float, nargs='+', default=None, help='override normalisation std')
     add('--interpolation', default='', help='resize interpolation (timm loader)')
     add('--crop-pct', type=float, default=None, help='eval centre-crop fraction (timm loader)')
+    add('--progressive-min-size', type=int, default=0, metavar='PIXELS',
+        help='progressive resizing (on-device loader): train the first epochs on images downscaled to this side, '
+        'growing in 4-pixel steps to the full size by --progressive-end; cheaper early epochs. 0 = off')
+    add('--progressive-end', type=float, default=0.75, metavar='FRACTION',
+        help='progressive resizing: fraction of the epochs after which training images are full size')
 
     group = parser.add_argument_group('Augmentation and regularisation')
     add = group.add_argument
@@ -233,6 +238,7 @@ class TrainingRun:
         self.eval_loader = wt_data.create_eval_loader(self.spec, self.eval_split, self.data_config,
                                                       args.validation_batch_size or args.batch_size, ctx.device,
                                                       ctx.rank, ctx.world_size)
+        self._check_progressive_resizing()
         self.mixup_fn, self.train_loss_fn = self._create_loss()
         self.fast_path_timings: List[Dict[str, Any]] = []
         self._checkpoint = self._read_resume_checkpoint() if args.resume else None
@@ -280,6 +286,29 @@ class TrainingRun:
             chans = args.in_chans or native[0]
             size = args.img_size or native[1]
             args.input_size = [chans, size, size]
+
+    def _check_progressive_resizing(self) -> None:
+        args = self.args
+        if not args.progressive_min_size:
+            return
+        if not hasattr(self.train_loader, 'set_image_size'):
+            on_device = ', '.join(wt_data.SMALL_IMAGE_DATASETS)
+            raise ValueError(f'--progressive-min-size needs the on-device loader ({on_device}); '
+                             f'timm\'s loader for {args.dataset or "an image folder"!r} serves one size')
+        wt_data.progressive_image_size(0, args.epochs, args.input_size[-1], args.progressive_min_size,
+                                       args.progressive_end)
+        smallest = getattr(self.model, 'min_input_size', 1)
+        if args.progressive_min_size < smallest:
+            raise ValueError(f'--progressive-min-size {args.progressive_min_size}: {args.model} takes images of at '
+                             f'least {smallest} pixels a side')
+
+    def train_image_size(self, epoch: int) -> Optional[int]:
+        """The training images' side at ``epoch`` under --progressive-min-size (None when it is off)."""
+        args = self.args
+        if not args.progressive_min_size:
+            return None
+        return wt_data.progressive_image_size(epoch, self.num_epochs, args.input_size[-1], args.progressive_min_size,
+                                              args.progressive_end)
 
     def _data_args(self) -> dict:
         return {k: getattr(self.args, k) for k in ('input_size', 'img_size', 'in_chans', 'mean', 'std',
@@ -393,13 +422,14 @@ class TrainingRun:
     # Speed: timed steps on a throw-away copy, never on the run's own model or optimizer
 
     def seconds_per_step(self, amp: Optional[bool] = None, channels_last: Optional[bool] = None, steps: int = 3,
-                         warmup: int = 2, compile: bool = False, opt_impl: Optional[str] = None) -> float:
+                         warmup: int = 2, compile: bool = False, opt_impl: Optional[str] = None,
+                         image_size: Optional[int] = None) -> float:
         """Mean wall time of a training step (forward, loss, backward, optimizer) on a real batch.
 
         Runs on a deep copy with a fresh optimizer, so the run's state and random streams are untouched;
         a DEQ is timed solving (its dearer mode), not in its unrolled warm-up. ``compile`` times
         ``torch.compile`` of the model (its compilation falls in the warm-up steps); ``opt_impl`` another
-        --opt-impl than the run's.
+        --opt-impl than the run's; ``image_size`` a batch downscaled to that side (progressive resizing).
         """
         args, device = self.args, self.ctx.device
         amp = self.args.amp == 'on' if amp is None else amp
@@ -409,6 +439,8 @@ class TrainingRun:
         optimizer = self._create_optimizer(model, opt_impl)
         forward = torch.compile(model) if compile else model
         x, y = next(iter(self.train_loader))
+        if image_size:
+            x = wt_data.resize_batch(x, image_size)
         x = x.contiguous(memory_format=memory_format)
         amp_dtype = self._amp_dtype(amp)
         has_aux = callable(getattr(model, 'aux_loss', None))
@@ -457,8 +489,11 @@ class TrainingRun:
         return (time.perf_counter() - start) / steps
 
     def seconds_per_epoch(self, **kwargs) -> float:
-        """Training seconds per epoch on this machine, from :meth:`seconds_per_step` (evaluation excluded)."""
-        return self.seconds_per_step(**kwargs) * len(self.train_loader)
+        """Training seconds per epoch on this machine, from :meth:`seconds_per_step` (evaluation excluded);
+        under progressive resizing, the mean over the schedule's epochs, each size timed once."""
+        sizes = [self.train_image_size(epoch) for epoch in range(self.num_epochs)]
+        step_seconds = {size: self.seconds_per_step(image_size=size, **kwargs) for size in set(sizes)}
+        return sum(step_seconds[size] for size in sizes) / len(sizes) * len(self.train_loader)
 
     def _choose_fast_path(self) -> None:
         """Resolve 'auto' switches by timing each combination; the timings go to args.yaml."""
@@ -521,6 +556,9 @@ class TrainingRun:
             self.mixup_fn.mixup_enabled = False
         if args.unrolled_warmup_epochs:
             wt_training.unwrap(self.model).set_unrolled_warmup(epoch < args.unrolled_warmup_epochs)
+        image_size = self.train_image_size(epoch)
+        if image_size is not None:
+            self.train_loader.set_image_size(image_size)
 
     def train_epoch(self, epoch: int, progress: bool = False) -> Dict[str, Any]:
         """One epoch of training, evaluation, schedule step and checkpoint; returns its summary row."""
@@ -588,6 +626,8 @@ class TrainingRun:
                    eval_images_per_s=eval_metrics['images_per_s'], peak_memory_mb=train_metrics['peak_memory_mb'],
                    train_samples=train_metrics['samples'], train_steps=train_metrics['steps'],
                    world_size=self.ctx.world_size)
+        if self.args.progressive_min_size:
+            row['train_image_size'] = self.train_loader.image_size
         if 'solver_nstep' in train_metrics:
             row['solver_nstep'] = train_metrics['solver_nstep']
         row.update({f'eval_{k}': v for k, v in (ema_metrics or eval_metrics).items() if k.startswith('solver_')})
