@@ -26,6 +26,18 @@ def read_summary(run_dir: Path):
         return list(csv.DictReader(f))
 
 
+def assert_same_run(straight: Path, resumed: Path, epochs: int) -> None:
+    """Two run folders with the same per-epoch records (timings aside) and bit-identical final weights."""
+    rows_straight, rows_resumed = read_summary(straight), read_summary(resumed)
+    assert len(rows_straight) == len(rows_resumed) == epochs
+    for a, b in zip(rows_straight, rows_resumed):
+        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == \
+               {k: v for k, v in b.items() if k not in TIMING_COLUMNS}
+    w_straight = load_file(str(straight / 'model.safetensors'))
+    w_resumed = load_file(str(resumed / 'model.safetensors'))
+    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+
+
 def fake_cifar_args(data_dir, out, name, *extra):
     return ['--dataset', 'cifar10', '--data-dir', str(data_dir), '--output', str(out), '--experiment', name,
             '--img-size', '16', '-b', '32', '--lr', '0.05', '--seed', '3', '--no-progress', *extra]
@@ -198,14 +210,7 @@ def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(fake_cifar10,
     assert wt_training.find_checkpoint(run) == run / 'last.pth.tar'
 
     run_script(['train.py', *fake_cifar_args(fake_cifar10, tmp_path, 'killed', *recipe), '--resume', str(run)])
-    straight, resumed = read_summary(tmp_path / 'straight'), read_summary(run)
-    assert len(straight) == len(resumed) == 2
-    for a, b in zip(straight, resumed):
-        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == \
-               {k: v for k, v in b.items() if k not in TIMING_COLUMNS}
-    w_straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
-    w_resumed = load_file(str(run / 'model.safetensors'))
-    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+    assert_same_run(tmp_path / 'straight', run, epochs=2)
 
 
 def test_alternate_flips_and_fused_sgd_resume_exactly(fake_cifar10, tmp_path, caplog, capsys):
@@ -222,14 +227,7 @@ def test_alternate_flips_and_fused_sgd_resume_exactly(fake_cifar10, tmp_path, ca
         stopped.train_epoch(epoch)
     del stopped
     train.main(fake_cifar_args(fake_cifar10, tmp_path, 'stopped', *recipe, '--resume', str(tmp_path / 'stopped')))
-    straight, resumed = read_summary(tmp_path / 'straight'), read_summary(tmp_path / 'stopped')
-    assert len(straight) == len(resumed) == 3
-    for a, b in zip(straight, resumed):
-        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == \
-               {k: v for k, v in b.items() if k not in TIMING_COLUMNS}
-    w_straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
-    w_resumed = load_file(str(tmp_path / 'stopped' / 'model.safetensors'))
-    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+    assert_same_run(tmp_path / 'straight', tmp_path / 'stopped', epochs=3)
     saved = yaml.safe_load((tmp_path / 'straight' / 'args.yaml').read_text())
     assert saved['hflip_mode'] == 'alternate' and saved['opt_impl'] == 'fused'
 
@@ -257,12 +255,7 @@ def test_progressive_resizing_trains_small_first_ends_full_size_and_resumes_exac
     stopped.train_epoch(0)
     del stopped
     train.main(fake_cifar_args(fake_cifar10, tmp_path, 'stopped', *recipe, '--resume', str(tmp_path / 'stopped')))
-    for a, b in zip(straight, read_summary(tmp_path / 'stopped'), strict=True):
-        assert {k: v for k, v in a.items() if k not in TIMING_COLUMNS} == \
-               {k: v for k, v in b.items() if k not in TIMING_COLUMNS}
-    w_straight = load_file(str(tmp_path / 'straight' / 'model.safetensors'))
-    w_resumed = load_file(str(tmp_path / 'stopped' / 'model.safetensors'))
-    assert all(torch.equal(w_straight[k], w_resumed[k]) for k in w_straight)
+    assert_same_run(tmp_path / 'straight', tmp_path / 'stopped', epochs=3)
     saved = yaml.safe_load((tmp_path / 'straight' / 'args.yaml').read_text())
     assert saved['progressive_min_size'] == 16 and saved['input_size'] == [3, 32, 32]
 
