@@ -12,6 +12,7 @@ import yaml
 
 from wt_zoo.bench import claims
 from wt_zoo.bench.claims import FAILS, HOLDS, MIXED, NOT_MEASURED, UNRESOLVED, combine, judge, judge_ratio
+from wt_zoo.bench.recipe import sweep_regime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -349,3 +350,41 @@ def test_a_published_tag_trained_before_its_recipe_changed_says_so():
     assert 'phantom_steps' not in drift  # the recipe names none: nothing it changed
     assert claims.recipe_drift(dict(name='deq_resnet_tiny.c10', args=dict(model_kwargs=recipe))) == ''
     assert claims.recipe_drift(dict(name='wt_resnet_tiny.c10', args=dict(lr=0.2))) == ''
+
+
+def test_a_sweep_at_the_recipes_lr_says_which_lr_that_was():
+    """The tiny recipe's lr moved (0.2 -> 0.5, recipe v2) after the sweep ran at the recipe's: its regime line must
+    still give the lr its runs trained at, read from its runs table, not whatever configs/ says now."""
+    settings = dict(epochs=15, seeds=[0, 1], size='tiny', recipe='configs/wt_resnet_tiny.c10.yaml')
+    regime = sweep_regime(settings, [dict(lr=0.2, held_out_top1=80.0), dict(lr=0.2, held_out_top1=81.0)])
+    assert "the recipe's peak lr at the time (0.2)" in regime
+    assert '0.5' not in regime
+    assert 'peak lr 0.5,' in sweep_regime(dict(settings, lr=0.5), [dict(lr=0.5)])  # an override names itself
+    assert "the recipe's peak lr," in sweep_regime(settings)  # rows that do not record it: nothing invented
+
+
+def test_results_made_before_a_recipe_moved_are_judged_by_the_recipe_they_ran(tmp_path):
+    """The fast recipe's seed resolution was measured at v1's lr 0.2; the tiny recipe files say lr 0.5 since recipe
+    v2. An ablation or a time-to-accuracy row names its commit, and the recipe at that commit is what it ran."""
+    v1 = '6a9fe5becf24f69839589316bafbc7c53e5bc9cc'  # the commit before the tiny recipe files moved to v2
+    config = 'configs/wt_resnet_tiny.c10.yaml'
+    now = yaml.safe_load((REPO / config).read_text())
+    assert claims._recipe_args(config, v1 + '+dirty')['lr'] == 0.2
+    assert claims._recipe_args(config, 'not-a-commit') == now  # git cannot say: the file as it is now
+    results, hub = tmp_path / 'results', tmp_path / 'hub_configs'
+    _stability(results, wt_mean=50.0, deq_mean=45.0, std=2.0)  # borrowed resolution: 4 points
+    _write(results / 'ablation' / 'fast_recipe_tiny', 'run.json',
+           dict(command='python -m wt_zoo.bench ablation', date='d', git_commit=v1, resolution=0.6,
+                settings=dict(recipe=config, epochs=16, seeds=[0, 1])))
+    tta = results / 'time_to_accuracy'
+    _write(tta, 'curves.json', _curve('wt_resnet_tiny.c10', 80.0, 10.0) + _curve('deq_resnet_tiny.c10', 78.0, 10.0))
+    rows = [dict(_tta_row('wt_resnet_tiny.c10', 80.0, 10.0), config=config, git_commit=v1),
+            dict(_tta_row('deq_resnet_tiny.c10', 78.0, 10.0), config='configs/deq_resnet_tiny.c10.yaml',
+                 git_commit=v1)]
+    _write(tta, 'summary.json', rows)
+    [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
+    assert wall['comparisons'][0]['resolution'] == 0.6  # both ran v1, the recipe the seeds were measured for
+    assert now['lr'] != 0.2  # rows that name no commit read today's files: not the measured recipe any more
+    _write(tta, 'summary.json', [{k: v for k, v in row.items() if k != 'git_commit'} for row in rows])
+    [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
+    assert wall['comparisons'][0]['resolution'] == 4.0

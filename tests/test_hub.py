@@ -318,7 +318,7 @@ def ablation_folder(root: Path) -> Path:
         for i, (name, flags, top1) in enumerate(variants)]))
     (folder / 'runs.json').write_text(json.dumps([
         dict(variant=name, seed=0, status='ok', train_images=45000, heldout_images=5000, hardware='CPU (test)',
-             held_out_top1=top1, nstep_last=11.9 - i, residual_last=0.078 - 0.01 * i)
+             lr=0.15, held_out_top1=top1, nstep_last=11.9 - i, residual_last=0.078 - 0.01 * i)
         for i, (name, flags, top1) in enumerate(variants)]))
     return folder
 
@@ -352,6 +352,11 @@ def test_export_keeps_how_the_recipe_was_chosen_and_checks_the_run_trained_with_
     section = card[card.index('## How the recipe was chosen'):card.index('## Data')]
     assert 'This checkpoint trained with **v1**.' in section and 'With one seed there is no measured resolution' in section
     assert 'carried over' not in section  # the ablation trained this model's own recipe
+    assert kept['lr'] == 0.15 and 'for 10 epochs at peak lr 0.15 on 45,000 training images' in section
+    # the recipe's lr moved after its ablation (the tiny trio's v2): the card says the checkpoint's is not the ablation's
+    moved = '\n'.join(cards._choices_lines(kept, 'deq_resnet_tiny.c10', 0.5))
+    assert 'This checkpoint trained with **v1** at peak lr 0.5, not the ablation\'s 0.15.' in moved
+    assert 'This checkpoint trained with **v1**.' in '\n'.join(cards._choices_lines(dict(kept, lr=None), 'x.c10', 0.5))
     # a twin that takes another model's ablation (mdeq_tiny.c10 from deq_resnet_tiny's) says so
     carried = '\n'.join(cards._choices_lines(kept, 'mdeq_tiny.c10'))
     assert ("The ablation trained `deq_resnet_tiny.c10`'s recipe, not this model's: its choice is carried over to "

@@ -411,8 +411,10 @@ def recipe_choices(ablation_dir: Path, chosen: str) -> Dict[str, Any]:
                          solver_rel_residual=_mean([r.get('residual_last') for r in done])))
     heldout = {r.get('heldout_images') for r in runs} - {None}
     trained = {r.get('train_images') for r in runs} - {None}
+    lrs = {r.get('lr') for r in runs} - {None}  # the recipe's at the ablation's commit: a recipe's lr can move later
     return dict(command=run['command'], git_commit=run['git_commit'], date=run.get('date'),
-                recipe=settings.get('recipe'), epochs=settings.get('epochs'), seeds=settings.get('seeds'),
+                recipe=settings.get('recipe'), epochs=settings.get('epochs'),
+                lr=lrs.pop() if len(lrs) == 1 else None, seeds=settings.get('seeds'),
                 train_images=trained.pop() if len(trained) == 1 else None,
                 heldout_images=heldout.pop() if len(heldout) == 1 else None,
                 hardware=next((r['hardware'] for r in runs if r.get('hardware')), None),
@@ -460,12 +462,15 @@ def _solver_choice_lines(choices: Dict[str, Any]) -> List[str]:
     return lines + ['']
 
 
-def _choices_lines(choices: Dict[str, Any], name: str) -> List[str]:
+def _choices_lines(choices: Dict[str, Any], name: str, trained_lr: Optional[float] = None) -> List[str]:
     def cell(value, spec='{:.2f}'):
         return '' if value is None else spec.format(value)
     ablated = Path(choices['recipe']).stem if choices.get('recipe') else ''  # configs/<name>.yaml, as time-to-accuracy
     carried = (f' The ablation trained `{ablated}`\'s recipe, not this model\'s: its choice is carried over to '
                f'{name} without an ablation of its own.' if ablated and ablated != name else '')
+    ablation_lr = choices.get('lr')
+    other_lr = (f' at peak lr {trained_lr:g}, not the ablation\'s {ablation_lr:g}'
+                if None not in (ablation_lr, trained_lr) and float(trained_lr) != float(ablation_lr) else '')
     seeds = choices.get('seeds') or []
     resolution = choices.get('resolution')
     lines = [
@@ -473,6 +478,7 @@ def _choices_lines(choices: Dict[str, Any], name: str) -> List[str]:
         f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`'
         + (f', {choices["hardware"]}' if choices.get('hardware') else '') + ') trained each variant of '
         f'`{choices["recipe"]}` for {choices["epochs"]} epochs'
+        + (f' at peak lr {ablation_lr:g}' if ablation_lr is not None else '')
         + (f' on {choices["train_images"]:,} training images' if choices.get('train_images') else '')
         + (f', {len(seeds)} seed' + ('s' if len(seeds) != 1 else '') if seeds else '')
         + (f', and scored the last epoch\'s weights on {choices["heldout_images"]:,} images held out of the training '
@@ -480,7 +486,7 @@ def _choices_lines(choices: Dict[str, Any], name: str) -> List[str]:
         + (f'Resolution {resolution:.2f} points (twice the seed-to-seed standard deviation): a variant differs from the '
            'first only outside it.' if resolution is not None else
            'With one seed there is no measured resolution: small differences may be seed noise.'),
-        '', f'This checkpoint trained with **{choices["chosen"]}**.{carried}', '',
+        '', f'This checkpoint trained with **{choices["chosen"]}**{other_lr}.{carried}', '',
         '| variant | flags over the recipe | held-out top-1 (%) | vs first | verdict | diverged | solver iterations '
         '| relative residual | training min |',
         '|---|---|---|---|---|---|---|---|---|',
@@ -597,7 +603,7 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         f'`python train.py --config {TRAIN_ARGS}` trains this recipe again.', '',
     ]
     if (folder / RECIPE_CHOICES).is_file():
-        lines += _choices_lines(json.loads((folder / RECIPE_CHOICES).read_text()), name)
+        lines += _choices_lines(json.loads((folder / RECIPE_CHOICES).read_text()), name, args.get('lr'))
     if (folder / SOLVER_CHOICES).is_file():
         lines += _solver_choice_lines(json.loads((folder / SOLVER_CHOICES).read_text()))
     lines += [

@@ -234,19 +234,37 @@ def fast_recipe(src: Sources) -> Optional[Dict[str, Any]]:
     """The fast recipe's measured seed resolution and the settings a run must share to use it (None: not measured)."""
     run = src.run(FAST_RECIPE_ABLATION)
     recipe = run.get('settings', {}).get('recipe')
-    settings = _recipe_args(recipe)
+    settings = _recipe_args(recipe, run.get('git_commit'))
     if run.get('resolution') is None or not settings:
         return None
     return dict(resolution=run['resolution'], recipe=recipe,
                 settings={k: v for k, v in settings.items() if k not in _RUN_SPECIFIC})
 
 
-def _recipe_args(config: Optional[str]) -> Dict[str, Any]:
-    """A recipe file (absolute, or relative to the repository) as the settings it trains with; {} when absent."""
+def _recipe_args(config: Optional[str], commit: Optional[str] = None) -> Dict[str, Any]:
+    """A recipe file (absolute, or relative to the repository) as the settings it trains with; {} when absent.
+
+    ``commit``: a results row's, so that the recipe is the one the row ran (the tiny trio's lr moved from 0.2 to 0.5
+    after its rows were made); the file as it is now where git cannot say (no clone, an unknown commit)."""
     import yaml
+    if config and commit and not Path(config).is_absolute():
+        text = _recipe_text_at(config, commit.split('+')[0])
+        if text is not None:
+            return yaml.safe_load(text) or {}
     path = Path(config or '')
     path = path if path.is_absolute() else REPO_ROOT / path
     return (yaml.safe_load(path.read_text()) or {}) if config and path.is_file() else {}
+
+
+@functools.lru_cache(maxsize=None)
+def _recipe_text_at(config: str, commit: str) -> Optional[str]:
+    import subprocess
+    try:
+        done = subprocess.run(['git', 'show', f'{commit}:{Path(config).as_posix()}'], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def accuracy_resolution(src: Sources, *runs_args: Dict[str, Any]) -> float:
@@ -273,7 +291,7 @@ def _stability_regime(src: Sources) -> str:
 
 
 def _sweep_regime(src: Sources) -> str:
-    return sweep_regime(src.settings(src.sweep)) + _partial(src, src.sweep)
+    return sweep_regime(src.settings(src.sweep), src.table(src.sweep, 'runs')) + _partial(src, src.sweep)
 
 
 def _partial(src: Sources, folder: str) -> str:
@@ -463,7 +481,8 @@ def _wall_time_row(src: Sources, claim_id: str, claim: str, winner: str, loser: 
         if pa is None or pb is None:
             continue
         subject = f'{size} .{tag} at {common:.1f} min'
-        tol = accuracy_resolution(src, _recipe_args(a.get('config')), _recipe_args(b.get('config')))
+        tol = accuracy_resolution(src, _recipe_args(a.get('config'), a.get('git_commit')),
+                                  _recipe_args(b.get('config'), b.get('git_commit')))
         cmp_ = _points(subject, pa['heldout_top1'], pb['heldout_top1'], tol, (winner.upper(), loser.upper()))
         cmp_['text'] = cmp_['text'].replace(f'{subject}: ', f'{subject}, held-out: ', 1)
         reached = [f"{k.split('_')[-1]} % in {a[k]:.1f} vs {b[k]:.1f} min" if b.get(k) is not None

@@ -147,6 +147,11 @@ def _resolution(stability: Optional[List[Dict[str, Any]]], sweep_lr: Optional[fl
                                 '`python -m wt_zoo.bench stability`, then regenerate)')
 
 
+def _runs(sweep_dir: Path) -> List[Dict[str, Any]]:
+    """The sweep's per-run table (each run's lr, among others); empty for a folder that has none."""
+    return read_table(sweep_dir, 'runs') if (Path(sweep_dir) / 'runs.json').is_file() else []
+
+
 def _finished(sweep_dir: Path) -> List[Dict[str, Any]]:
     rows = [r for r in read_table(sweep_dir, 'sweep') if r.get('status') == 'ok' and r.get('held_out_top1') is not None]
     if not rows:
@@ -246,7 +251,8 @@ def _regime_shift(rows: List[Dict[str, Any]], tol: float, previous_dir: Path, ou
     by_config = {r['config']: r for r in before_rows}
     shared = [r for r in rows if r['config'] in by_config]
     section = ['## How the choices moved from the earlier regime',
-               f'The earlier sweep ([table]({rel})) ran the same grid at {sweep_regime(before_settings)} '
+               f'The earlier sweep ([table]({rel})) ran the same grid at '
+               f'{sweep_regime(before_settings, _runs(previous_dir))} '
                f'(resolution {before_tol:.1f} points: {before_tol_source}); it is kept only for this comparison, '
                'and every rule above comes from this regime.']
     if not shared:
@@ -545,7 +551,7 @@ def generate(sweep_dir: Path, out: Path, stability_dir: Optional[Path] = None,
         '`python -m wt_zoo.bench guidelines`; every claim points at its figure.',
         f"- sweep: `{sweep_run.get('command', '?')}`, {sweep_run.get('date', '?')}, commit "
         f"`{sweep_run.get('git_commit', '?')}`, on {sweep_run.get('machine', {}).get('cpu_model', '?')}",
-        f'- regime: {sweep_regime(settings)}.' + (
+        f'- regime: {sweep_regime(settings, _runs(sweep_dir))}.' + (
             ' This is a short-budget regime: the ranking of choices can change with longer training.'
             if short_regime else '') + _partial_note(sweep_run),
         f'- resolution: differences under {tol:.1f} points are treated as no difference; that is {tol_source}.',

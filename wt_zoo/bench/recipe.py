@@ -308,9 +308,16 @@ def stability_regime(settings: Dict[str, Any]) -> str:
             f"{len(settings.get('seeds', []))} seeds x peak lr {lrs}")
 
 
-def sweep_regime(settings: Dict[str, Any]) -> str:
+def sweep_regime(settings: Dict[str, Any], runs: Sequence[Dict[str, Any]] = ()) -> str:
+    """``runs`` (the sweep's runs table) give the lr it trained at when it kept the recipe's: recipes change later."""
     seeds = settings.get('seeds') or [settings.get('seed', '?')]
-    lr = f"peak lr {settings['lr']}" if settings.get('lr') is not None else "the recipe's peak lr"
+    recipe_lrs = sorted({r['lr'] for r in runs if r.get('lr') is not None})
+    if settings.get('lr') is not None:
+        lr = f"peak lr {settings['lr']}"
+    elif recipe_lrs:
+        lr = f"the recipe's peak lr at the time ({', '.join(f'{x:g}' for x in recipe_lrs)})"
+    else:
+        lr = "the recipe's peak lr"
     return (f"{settings.get('epochs', '?')} epochs{_recipes(settings, 'recipe')} on {_data_regime(settings)}, "
             f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}), {lr}, "
             f"`{settings.get('size', '?')}` architecture")
