@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..training import atomic_write_text, write_results
 from .recipe import stability_regime, sweep_regime
 from .stability import solver_trend
-from .common import FAST_RECIPE_ABLATION, REPO_ROOT, log, stopped_early
+from .common import FAST_RECIPE_ABLATION, REPO_ROOT, file_at_commit, log, stopped_early
 
 __all__ = ['add_arguments', 'run', 'judge', 'judge_ratio', 'combine', 'build', 'render_readme', 'readme_section',
            'write', 'recipe_drift', 'HOLDS', 'FAILS', 'UNRESOLVED', 'MIXED', 'NOT_MEASURED']
@@ -248,23 +248,12 @@ def _recipe_args(config: Optional[str], commit: Optional[str] = None) -> Dict[st
     after its rows were made); the file as it is now where git cannot say (no clone, an unknown commit)."""
     import yaml
     if config and commit and not Path(config).is_absolute():
-        text = _recipe_text_at(config, commit.split('+')[0])
+        text = file_at_commit(config, commit)
         if text is not None:
             return yaml.safe_load(text) or {}
     path = Path(config or '')
     path = path if path.is_absolute() else REPO_ROOT / path
     return (yaml.safe_load(path.read_text()) or {}) if config and path.is_file() else {}
-
-
-@functools.lru_cache(maxsize=None)
-def _recipe_text_at(config: str, commit: str) -> Optional[str]:
-    import subprocess
-    try:
-        done = subprocess.run(['git', 'show', f'{commit}:{Path(config).as_posix()}'], cwd=REPO_ROOT,
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
 
 
 def accuracy_resolution(src: Sources, *runs_args: Dict[str, Any]) -> float:

@@ -6,6 +6,7 @@ provenance alone (exact command, machine, date, git commit), so any figure can b
 run that made it and that run can be repeated.
 """
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -24,7 +25,7 @@ from ..training import atomic_write_text, cpu_model, parse_kwargs_value, plain, 
 
 __all__ = [
     'REPO_ROOT', 'FAST_RECIPE_ABLATION', 'ModelSpec', 'parse_model_specs', 'ResultsFolder', 'Column', 'markdown_table', 'machine_info',
-    'git_commit', 'log', 'warn_if_busy', 'Progress', 'partial_section', 'read_table',
+    'git_commit', 'file_at_commit', 'log', 'warn_if_busy', 'Progress', 'partial_section', 'read_table',
 ]
 
 # The fast recipe's seed-to-seed spread, measured by `bench ablation` over seeds (results/<this>/run.json): what
@@ -128,6 +129,18 @@ def git_commit(repo: Path = REPO_ROOT) -> str:
     if not head:
         return 'unknown'
     return head + ('+dirty' if status else '')
+
+
+@functools.lru_cache(maxsize=None)
+def file_at_commit(path: str, commit: str, repo: Path = REPO_ROOT) -> Optional[str]:
+    """A tracked file's text at the commit a results row names (``git_commit``'s ``+dirty`` dropped: the
+    committed state); None where git cannot say (no clone, a shallow one, an unknown commit)."""
+    try:
+        done = subprocess.run(['git', '-C', str(repo), 'show', f"{commit.split('+')[0]}:{Path(path).as_posix()}"],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
 
 
 def machine_info() -> Dict[str, Any]:
