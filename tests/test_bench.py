@@ -383,6 +383,7 @@ def test_ablation_compares_variants_to_the_baseline_over_seeds_with_tta_beside(f
                                  else 'better' if cutout['delta'] > 0 else 'worse')
     assert cutout['flags'] == '--cutout 4 --hflip 0'
     check_provenance(out, 'ablation')
+    assert json.loads((out / 'run.json').read_text())['recipe_settings'] == yaml.safe_load(Path(recipe).read_text())
 
     # asked again with TTA: the finished runs gain the TTA figure of their last weights, without training again
     epochs_before = (runs_dir / 'base-seed0' / 'summary.csv').read_text()
@@ -639,6 +640,11 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     assert row['matmul_gflops'] == plan['matmul_gflops'] > 0  # the planning machine's speed, kept with the plan
     assert [p['epoch'] for p in tables['curves']] == list(range(1, plan['epochs'] + 1))
     assert (out / 'time_to_accuracy.png').stat().st_size > 0 and '| wt_resnet_tiny.c10 |' in readme
+    # the row keeps the recipe as the run resolved it (flags over the file), readable after the file moves on
+    recipe = yaml.safe_load(Path(config).read_text())
+    assert set(row['recipe']) == set(recipe) and row['recipe']['lr'] == recipe['lr']
+    assert (row['recipe']['epochs'], row['recipe']['batch_size'], row['recipe']['amp']) == (plan['epochs'], 32, 'off')
+    assert json.loads(next(csv.DictReader(open(out / 'summary.csv')))['recipe']) == row['recipe']  # JSON in the CSV
 
     last = runs / 'wt_resnet_tiny.c10' / 'last.pth.tar'
     stamp = last.stat().st_mtime_ns

@@ -388,3 +388,29 @@ def test_results_made_before_a_recipe_moved_are_judged_by_the_recipe_they_ran(tm
     _write(tta, 'summary.json', [{k: v for k, v in row.items() if k != 'git_commit'} for row in rows])
     [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
     assert wall['comparisons'][0]['resolution'] == 4.0
+
+
+def test_results_that_record_their_recipe_are_judged_by_it_without_git(tmp_path):
+    """A time-to-accuracy row keeps its recipe as run and an ablation its recipe file's settings: those win over the
+    files and over git, so a clone without history (or a commit it lacks) reads the same verdicts."""
+    results, hub = tmp_path / 'results', tmp_path / 'hub_configs'
+    wt, deq = 'configs/wt_resnet_tiny.c10.yaml', 'configs/deq_resnet_tiny.c10.yaml'
+    now = {name: yaml.safe_load((REPO / name).read_text()) for name in (wt, deq)}
+    _stability(results, wt_mean=50.0, deq_mean=45.0, std=2.0)  # borrowed resolution: 4 points
+    _write(results / 'ablation' / 'fast_recipe_tiny', 'run.json',
+           dict(command='python -m wt_zoo.bench ablation', date='d', git_commit='not-a-commit', resolution=0.6,
+                settings=dict(recipe=wt, epochs=16, seeds=[0, 1]), recipe_settings=dict(now[wt], lr=0.2)))
+    tta = results / 'time_to_accuracy'
+    _write(tta, 'curves.json', _curve('wt_resnet_tiny.c10', 80.0, 10.0) + _curve('deq_resnet_tiny.c10', 78.0, 10.0))
+
+    def wall_resolution(lr: float) -> float:
+        _write(tta, 'summary.json', [
+            dict(_tta_row(name.split('/')[1][:-len('.yaml')], top1, 10.0), config=name, git_commit='not-a-commit',
+                 recipe=dict(now[name], lr=lr, epochs=40, amp='on'))
+            for name, top1 in ((wt, 80.0), (deq, 78.0))])
+        [wall] = _by_id(claims.build(results, hub), 'accuracy_wt_vs_deq_wall_time')
+        return wall['comparisons'][0]['resolution']
+
+    assert now[wt]['lr'] != 0.2  # today's files would say the rows ran another recipe than the seeds measured
+    assert wall_resolution(0.2) == 0.6  # both ran the measured recipe, as they recorded
+    assert wall_resolution(now[wt]['lr']) == 4.0  # today's lr, recorded: not what the seeds were measured for

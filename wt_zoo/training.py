@@ -359,14 +359,15 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv=None, skip_unkn
 
 
 def _csv_text(rows: List[Dict[str, Any]]) -> str:
-    """CSV of rows whose keys may differ: the columns are every key, in order of first appearance."""
+    """CSV of rows whose keys may differ: the columns are every key, in order of first appearance; a cell holding a
+    mapping or a list is written as JSON."""
     columns: List[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 

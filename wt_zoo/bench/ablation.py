@@ -22,8 +22,8 @@ import numpy as np
 
 from ..tta import TTA_MODES
 from .common import Column, Progress, ResultsFolder, log, markdown_table, partial_section, warn_if_busy
-from .recipe import (add_recipe_arguments, data_flags, fill_defaults, mean_std, pooled_std, recipe_overrides,
-                     run_finished, train_outcome)
+from .recipe import (add_recipe_arguments, data_flags, fill_defaults, mean_std, pooled_std, recipe_file_settings,
+                     recipe_overrides, run_finished, train_outcome)
 
 __all__ = ['add_arguments', 'run', 'parse_variant', 'summarise']
 
@@ -128,6 +128,7 @@ def run(args, argv: Sequence[str]) -> int:
         raise SystemExit(f'error: --recipe {args.recipe}: no such file')
     runs_dir = args.runs or f'output/ablation/{Path(args.out).name}'
     folder = ResultsFolder(args.out, 'ablation', argv, settings=vars(args))
+    folder.provenance['recipe_settings'] = recipe_file_settings(args.recipe)  # readable after the file moves on
     warn_if_busy('the training seconds')
     shared = recipe_overrides(args)
     todo = [(name, flags, seed) for seed in args.seeds for name, flags in args.variants]

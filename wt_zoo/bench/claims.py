@@ -234,7 +234,7 @@ def fast_recipe(src: Sources) -> Optional[Dict[str, Any]]:
     """The fast recipe's measured seed resolution and the settings a run must share to use it (None: not measured)."""
     run = src.run(FAST_RECIPE_ABLATION)
     recipe = run.get('settings', {}).get('recipe')
-    settings = _recipe_args(recipe, run.get('git_commit'))
+    settings = run.get('recipe_settings') or _recipe_args(recipe, run.get('git_commit'))
     if run.get('resolution') is None or not settings:
         return None
     return dict(resolution=run['resolution'], recipe=recipe,
@@ -244,8 +244,9 @@ def fast_recipe(src: Sources) -> Optional[Dict[str, Any]]:
 def _recipe_args(config: Optional[str], commit: Optional[str] = None) -> Dict[str, Any]:
     """A recipe file (absolute, or relative to the repository) as the settings it trains with; {} when absent.
 
-    ``commit``: a results row's, so that the recipe is the one the row ran (the tiny trio's lr moved from 0.2 to 0.5
-    after its rows were made); the file as it is now where git cannot say (no clone, an unknown commit)."""
+    For results that predate recording their recipe (``recipe``, ``recipe_settings``). ``commit``: a results row's,
+    so that the recipe is the one the row ran (the tiny trio's lr moved from 0.2 to 0.5 after its rows were made);
+    the file as it is now where git cannot say (no clone, a shallow one, an unknown commit)."""
     import yaml
     if config and commit and not Path(config).is_absolute():
         text = file_at_commit(config, commit)
@@ -470,8 +471,8 @@ def _wall_time_row(src: Sources, claim_id: str, claim: str, winner: str, loser: 
         if pa is None or pb is None:
             continue
         subject = f'{size} .{tag} at {common:.1f} min'
-        tol = accuracy_resolution(src, _recipe_args(a.get('config'), a.get('git_commit')),
-                                  _recipe_args(b.get('config'), b.get('git_commit')))
+        tol = accuracy_resolution(src, *(row.get('recipe') or _recipe_args(row.get('config'), row.get('git_commit'))
+                                         for row in (a, b)))
         cmp_ = _points(subject, pa['heldout_top1'], pb['heldout_top1'], tol, (winner.upper(), loser.upper()))
         cmp_['text'] = cmp_['text'].replace(f'{subject}: ', f'{subject}, held-out: ', 1)
         reached = [f"{k.split('_')[-1]} % in {a[k]:.1f} vs {b[k]:.1f} min" if b.get(k) is not None

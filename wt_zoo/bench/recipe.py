@@ -21,7 +21,7 @@ import yaml
 from ..training import LAST_CHECKPOINT, atomic_write_text, describe_hardware, parse_kwargs_value, plain
 from .common import REPO_ROOT
 
-__all__ = ['open_run', 'train_outcome', 'run_finished', 'model_kwargs_flags', 'add_recipe_arguments', 'fill_defaults', 'recipe_overrides', 'data_flags',
+__all__ = ['open_run', 'recipe_file_settings', 'recipe_as_run', 'train_outcome', 'run_finished', 'model_kwargs_flags', 'add_recipe_arguments', 'fill_defaults', 'recipe_overrides', 'data_flags',
            'default_recipe', 'pooled_std', 'stability_regime', 'sweep_regime', 'OUTCOME_FILE', 'REQUEST_FILE']
 
 OUTCOME_FILE = 'outcome.json'
@@ -37,6 +37,17 @@ def open_run(run_dir: Path, flags: Sequence[str]):
     return TrainingRun(parse_train_args(flags))
 
 
+def recipe_file_settings(config: str) -> Dict[str, Any]:
+    """A recipe file's settings (its comments aside), as JSON-able values."""
+    return plain(yaml.safe_load(Path(config).read_text()) or {})
+
+
+def recipe_as_run(config: str, args) -> Dict[str, Any]:
+    """The recipe file's settings as a run resolved them (flags over the file included), recorded beside a result:
+    what it trained with stays readable after the file moves on, without the repository's history."""
+    return {key: plain(getattr(args, key, value)) for key, value in recipe_file_settings(config).items()}
+
+
 def model_kwargs_flags(model_kwargs: Dict[str, Any]) -> List[str]:
     """``--model-kwargs k=v ...`` that train.py parses back to the same values (JSON, which YAML reads, where the
     plain text would not round-trip, e.g. mask_kind 2:4)."""
@@ -49,7 +60,7 @@ def model_kwargs_flags(model_kwargs: Dict[str, Any]) -> List[str]:
 def _request(flags: List[str]) -> Dict[str, Any]:
     """The flags and the recipe file's settings (its comments aside): a folder's run is defined by both."""
     recipe = flags[flags.index('--config') + 1] if '--config' in flags else None
-    return dict(flags=flags, recipe=plain(yaml.safe_load(Path(recipe).read_text())) if recipe else None)
+    return dict(flags=flags, recipe=recipe_file_settings(recipe) if recipe else None)
 
 
 def _check_request(run_dir: Path, flags: List[str]) -> None:

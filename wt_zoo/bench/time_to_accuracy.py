@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ..training import atomic_write_text, plain
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
+from .recipe import recipe_as_run
 
 __all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'bar_lines', 'readme_section']
 
@@ -293,7 +294,7 @@ def run(args, argv) -> int:
                    amp=trained.args.amp, channels_last=trained.args.channels_last, hardware=plan['hardware'],
                    matmul_gflops=plan.get('matmul_gflops'), run_folder=str(run_dir), load_average_1min=load,
                    command=folder.provenance['command'], git_commit=folder.provenance['git_commit'],
-                   date=folder.provenance['date'])
+                   date=folder.provenance['date'], recipe=recipe_as_run(config, trained.args))
         if args.whole_train_split:
             final = _merge(final, [row])
             folder.write_table('final', final)
