@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..training import atomic_write_text, write_results
-from .recipe import stability_regime, sweep_regime
+from .recipe import recipe_file_settings, stability_regime, sweep_regime
 from .stability import solver_trend
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, file_at_commit, log, stopped_early
 
@@ -254,7 +254,7 @@ def _recipe_args(config: Optional[str], commit: Optional[str] = None) -> Dict[st
             return yaml.safe_load(text) or {}
     path = Path(config or '')
     path = path if path.is_absolute() else REPO_ROOT / path
-    return (yaml.safe_load(path.read_text()) or {}) if config and path.is_file() else {}
+    return recipe_file_settings(path) if config and path.is_file() else {}
 
 
 def accuracy_resolution(src: Sources, *runs_args: Dict[str, Any]) -> float:
