@@ -593,16 +593,32 @@ def test_time_to_accuracy_limits_read_the_last_third_of_each_curve():
     curves = (curve('wt_resnet_tiny.c10', [80, 85, 87.0, 87.2, 87.3, 87.4], [80, 85, 88, 91, 94, 97])
               + curve('wt_resnet_small.c10', [70, 76, 80, 83, 85, 87.0], [70, 76, 81, 84, 86, 88])
               + curve('wtsm_resnet_tiny.c10', [80, 85, 87, 87, 87, 87], [80, 85, 88, 91, 94, 97]))
-    tiny, small = limit_rows(summary, curves, resolution=0.6)
+    tiny, small = limit_rows(summary, curves, resolution=lambda row: (0.6, 'measured'))
     # The last third starts at the first point at or past 2/3 of the minutes (4.0 of 6.0).
     assert tiny['last_third_from_minutes'] == 4.0 and tiny['last_third_gain'] == pytest.approx(0.2)
     assert tiny['limit'] == 'generalisation' and tiny['train_minus_heldout'] == pytest.approx(97 - 87.3)
     assert small['limit'] == 'minutes' and small['last_third_gain'] == pytest.approx(4.0)
-    flat, = limit_rows(summary[:1], curve('wt_resnet_tiny.c10', [85, 86, 87, 87, 87, 87], [90] * 6), 0.6)
+    flat, = limit_rows(summary[:1], curve('wt_resnet_tiny.c10', [85, 86, 87, 87, 87, 87], [90] * 6),
+                       lambda row: (0.6, 'measured'))
     assert flat['limit'] == 'plateau'  # neither held-out nor training top-1 moved
-    assert limit_rows(summary[:1], curves, None)[0]['limit'].startswith('not resolvable')
+    assert limit_rows(summary[:1], curves, lambda row: (None, ''))[0]['limit'].startswith('not resolvable')
     tiny_line, small_line = limit_lines([tiny, small])
     assert 'limited by what the model generalises' in tiny_line and 'limited by the minutes' in small_line
+    assert 'seed resolution of 0.60 (measured)' in tiny_line
+
+
+def test_time_to_accuracy_limits_use_the_resolution_of_the_recipe_each_run_trained_with():
+    # A run of the fast recipe's settings reads its measured resolution; one with another lr (recipe v2) the borrowed
+    # one, as bench claims judges the same rows.
+    from wt_zoo.bench.claims import Sources, borrowed_resolution, fast_recipe
+    from wt_zoo.bench.time_to_accuracy import recipe_resolution
+    src = Sources()
+    fast = fast_recipe(src)
+    same = dict(fast['settings'], model='wt_resnet_tiny.c10', epochs=68, seed=1)  # run-specific keys do not matter
+    value, source = recipe_resolution(dict(recipe=same))
+    assert value == fast['resolution'] and 'fast recipe' in source
+    value, source = recipe_resolution(dict(recipe=dict(same, lr=fast['settings']['lr'] * 2)))
+    assert value == borrowed_resolution(src) != fast['resolution'] and source.startswith('borrowed')
 
 
 def test_time_to_accuracy_needs_a_budget_for_recipes(tmp_path):
@@ -651,6 +667,13 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     assert bench_main(argv) == 0  # a finished run is resumed at its end: nothing retrained, the rows are replaced
     assert last.stat().st_mtime_ns == stamp
     assert len(json.loads((out / 'summary.json').read_text())) == 1
+    trained = json.loads((out / 'run.json').read_text())
+    assert bench_main(['time-to-accuracy', '--out', str(out)]) == 0  # README only: the training run stays the provenance
+    rewritten = json.loads((out / 'run.json').read_text())
+    assert {k: v for k, v in rewritten.items() if k != 'rewritten_by'} == trained
+    assert rewritten['rewritten_by']['command'] == f'python -m wt_zoo.bench time-to-accuracy --out {out}'
+    readme = (out / 'README.md').read_text()
+    assert trained['command'] in readme and 'README rewritten from the stored tables by' in readme
     with pytest.raises(SystemExit, match=r'was planned for \d+ epochs in 0.2 min'):
         bench_main([*argv[:2], '--minutes', '0.3', *argv[4:]])
 

@@ -260,10 +260,23 @@ def _recipe_args(config: Optional[str], commit: Optional[str] = None) -> Dict[st
 def accuracy_resolution(src: Sources, *runs_args: Dict[str, Any]) -> float:
     """For one-run accuracy figures: the fast recipe's seed resolution when every run trained with its settings,
     else the borrowed one."""
+    return resolution_and_source(src, *runs_args)[0]
+
+
+def resolution_and_source(src: Sources, *runs_args: Dict[str, Any]) -> Tuple[float, str]:
+    """``accuracy_resolution`` and where it comes from, in words a results README can quote."""
     fast = fast_recipe(src)
     if fast and runs_args and all(all(args.get(k) == v for k, v in fast['settings'].items()) for args in runs_args):
-        return fast['resolution']
-    return borrowed_resolution(src)
+        return fast['resolution'], f'the fast recipe\'s, measured over seeds in results/{FAST_RECIPE_ABLATION}'
+    if _seed_std_rows(src):
+        return borrowed_resolution(src), (f'borrowed: no seed spread measured at this recipe, twice the largest seed '
+                                          f'std of results/{src.stability}')
+    return ASSUMED_SEED_RESOLUTION, 'assumed: no seed spread measured anywhere'
+
+
+def row_recipe(row: Dict[str, Any]) -> Dict[str, Any]:
+    """The recipe a results row trained with: recorded in the row, else its recipe file at the row's commit."""
+    return row.get('recipe') or _recipe_args(row.get('config'), row.get('git_commit'))
 
 
 def sweep_resolution(src: Sources) -> float:
@@ -471,8 +484,7 @@ def _wall_time_row(src: Sources, claim_id: str, claim: str, winner: str, loser: 
         if pa is None or pb is None:
             continue
         subject = f'{size} .{tag} at {common:.1f} min'
-        tol = accuracy_resolution(src, *(row.get('recipe') or _recipe_args(row.get('config'), row.get('git_commit'))
-                                         for row in (a, b)))
+        tol = accuracy_resolution(src, row_recipe(a), row_recipe(b))
         cmp_ = _points(subject, pa['heldout_top1'], pb['heldout_top1'], tol, (winner.upper(), loser.upper()))
         cmp_['text'] = cmp_['text'].replace(f'{subject}: ', f'{subject}, held-out: ', 1)
         reached = [f"{k.split('_')[-1]} % in {a[k]:.1f} vs {b[k]:.1f} min" if b.get(k) is not None

@@ -220,6 +220,17 @@ class ResultsFolder:
                             if v is None or isinstance(v, (str, int, float, bool, list, tuple))}),
         )
         self.started = time.perf_counter()
+        self.rewrite_only = False
+
+    def keep_provenance(self) -> None:
+        """For a command that only rewrites the README from stored tables: the run.json of the run that made the
+        tables stays the provenance, this command recorded beside it (``rewritten_by``)."""
+        path = self.path / 'run.json'
+        if not path.is_file():
+            return
+        rewrite = {key: self.provenance[key] for key in ('command', 'date', 'git_commit')}
+        self.provenance = dict(json.loads(path.read_text()), rewritten_by=rewrite)
+        self.rewrite_only = True
 
     def write_table(self, name: str, rows: List[Dict[str, Any]]) -> None:
         """``name.csv`` and ``name.json`` with the same rows (written atomically)."""
@@ -231,17 +242,21 @@ class ResultsFolder:
         m = p['machine']
         cuda = f", CUDA device {m['cuda_device']}" if m.get('cuda_device') else ', no CUDA device'
         load = f", 1-min load average at start {m['load_average_1min']}" if 'load_average_1min' in m else ''
+        rewrite = p.get('rewritten_by')
         return '\n'.join([
             f"- command: `{p['command']}`",
             f"- date (UTC): {p['date']}; git commit: `{p['git_commit']}`",
             f"- machine: {m['cpu_model']}, {m['cpus_available']} CPU(s) available, torch threads {m['torch_threads']}"
             f"{cuda}; torch {m['torch']}, timm {m.get('timm', '?')}{load}",
+            *([f"- README rewritten from the stored tables by `{rewrite['command']}` ({rewrite['date']}, "
+               f"`{rewrite['git_commit']}`)"] if rewrite else []),
         ])
 
     def finish(self, title: str, sections: Sequence[str], extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write README.md (title, provenance, sections) and run.json; returns the README path."""
-        self.provenance['wall_seconds'] = round(time.perf_counter() - self.started, 1)
-        if hasattr(os, 'getloadavg'):
+        if not self.rewrite_only:
+            self.provenance['wall_seconds'] = round(time.perf_counter() - self.started, 1)
+        if hasattr(os, 'getloadavg') and not self.rewrite_only:
             self.provenance['machine']['load_average_1min_at_end'] = round(os.getloadavg()[0], 2)
         if extra:
             self.provenance.update(plain(extra))

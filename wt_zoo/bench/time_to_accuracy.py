@@ -25,7 +25,7 @@ import json
 import math
 import shlex
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..training import atomic_write_text, plain
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
@@ -34,8 +34,6 @@ from .recipe import recipe_as_run
 __all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'bar_lines', 'readme_section']
 
 PLAN_FILE = 'time_to_accuracy_plan.json'
-# The fast recipe's seed-to-seed resolution (twice the pooled seed std): a curve's gain smaller than this is not a gain.
-SEED_RESOLUTION_RUN = REPO_ROOT / 'results' / FAST_RECIPE_ABLATION / 'run.json'
 WATCH_IMAGES = 1000  # a whole-split run's per-epoch look at the test split: divergence only, never a choice
 
 # The zoo's CPU bars (2 cores): CIFAR-10 test top-1 of the finished weights, training minutes at most.
@@ -85,10 +83,11 @@ def curve_rows(model: str, history: Sequence[Dict[str, Any]]) -> List[Dict[str, 
 
 
 def limit_rows(summary: Sequence[Dict[str, Any]], curves: Sequence[Dict[str, Any]],
-               resolution: Optional[float]) -> List[Dict[str, Any]]:
+               resolution: Callable[[Dict[str, Any]], Tuple[Optional[float], str]]) -> List[Dict[str, Any]]:
     """For each held-out run with a bar: what its last third of training minutes bought. A curve that gains no
-    more than the recipe's seed resolution there while training top-1 keeps climbing is limited by what the
-    model generalises at this recipe, not by the minutes; one still gaining is limited by the minutes."""
+    more than its recipe's seed resolution there while training top-1 keeps climbing is limited by what the
+    model generalises at this recipe, not by the minutes; one still gaining is limited by the minutes.
+    ``resolution``: a summary row's seed resolution and where it comes from (``recipe_resolution``)."""
     rows = []
     for row in summary:
         points = [p for p in curves if p['model'] == row['model']]
@@ -99,19 +98,21 @@ def limit_rows(summary: Sequence[Dict[str, Any]], curves: Sequence[Dict[str, Any
         gain = last['heldout_top1'] - start['heldout_top1']
         train_top1 = last.get('train_top1')
         fitting = None if train_top1 is None or start.get('train_top1') is None else train_top1 - start['train_top1']
-        if resolution is None:
+        resolution_value, resolution_source = resolution(row)
+        if resolution_value is None:
             limit = 'not resolvable: no seed resolution measured for the recipe'
-        elif gain > resolution:
+        elif gain > resolution_value:
             limit = 'minutes'
         else:
-            limit = 'generalisation' if fitting is not None and fitting > resolution else 'plateau'
+            limit = 'generalisation' if fitting is not None and fitting > resolution_value else 'plateau'
         rows.append(dict(model=row['model'], epochs=len(points), train_minutes=last['train_minutes'],
                          last_third_from_minutes=start['train_minutes'], heldout_at_start=start['heldout_top1'],
                          heldout_at_end=last['heldout_top1'], last_third_gain=round(gain, 3),
                          train_top1_at_start=start.get('train_top1'), train_top1_at_end=train_top1,
                          train_minus_heldout=None if train_top1 is None else round(train_top1 - last['heldout_top1_raw'], 3),
                          ema_minus_raw=round(last['heldout_top1'] - last['heldout_top1_raw'], 3),
-                         bar_top1=BARS[row['model']][0], test_top1=row['test_top1'], resolution=resolution, limit=limit))
+                         bar_top1=BARS[row['model']][0], test_top1=row['test_top1'], resolution=resolution_value,
+                         resolution_source=resolution_source, limit=limit))
     return rows
 
 
@@ -138,7 +139,8 @@ def limit_lines(rows: Sequence[Dict[str, Any]]) -> List[str]:
             f'against a bar of {row["bar_top1"]:g} %): held-out top-1 {row["heldout_at_start"]:.2f} -> '
             f'{row["heldout_at_end"]:.2f} % over the last third ({row["last_third_from_minutes"]:.1f} min on), '
             f'{row["last_third_gain"]:+.2f} points against a seed resolution of '
-            + (f'{row["resolution"]:.2f}' if row['resolution'] is not None else 'none measured')
+            + (f'{row["resolution"]:.2f} ({row["resolution_source"]})' if row['resolution'] is not None
+               else 'none measured')
             + f'{fit}; EMA minus raw weights at the end {row["ema_minus_raw"]:+.2f}. '
             + reading[0].upper() + reading[1:] + '.')
     return lines
@@ -226,7 +228,7 @@ def readme_section(folder: Path = REPO_ROOT / 'results' / 'time_to_accuracy') ->
         lines.append(f'- `{row["model"]}`, final run on all {row["train_images"]:,} training images (the recipe chosen '
                      f'on the held-out split, the same budget): {row["test_top1"]:.2f} % test top-1 after '
                      f'{row["train_minutes"]:.1f} training minutes, {row["epochs"]} epochs, on {row["hardware"]}')
-    limits = limit_lines(limit_rows(summary, _read(Path(folder), 'curves'), seed_resolution()))
+    limits = limit_lines(limit_rows(summary, _read(Path(folder), 'curves'), recipe_resolution))
     return '\n'.join(lines + ['', 'Bars:', ''] + (bar_lines(summary, final) or ['- none measured'])
                      + (['', 'What limits them:', '', *limits] if limits else []))
 
@@ -269,6 +271,8 @@ def run(args, argv) -> int:
                          'without recipes the command only rewrites the README from the stored tables')
     load = warn_if_busy('time-to-accuracy minutes') if args.configs else None
     folder = ResultsFolder(out, 'time-to-accuracy', argv, settings=vars(args))
+    if not args.configs:
+        folder.keep_provenance()
     train_args = shlex.split(args.train_args)
     if args.whole_train_split:
         train_args += ['--val-split-size', '0', '--eval-subset', str(WATCH_IMAGES)]
@@ -305,7 +309,7 @@ def run(args, argv) -> int:
         folder.write_table('summary', summary)
     if curves:
         _plot(curves, args.thresholds, out / 'time_to_accuracy.png')
-    limits = limit_rows(summary, curves, seed_resolution())
+    limits = limit_rows(summary, curves, recipe_resolution)
     if limits:
         folder.write_table('limits', limits)
     columns = [Column('model', 'model'), Column('epochs', 'epochs'), Column('train_minutes', 'training min', '{:.1f}'),
@@ -333,14 +337,18 @@ def run(args, argv) -> int:
         '"min to" cell means the run never reached that level.',
         markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)'] if summary else []
     limits_section = ('## What limits the bars\n\nEach held-out run with a bar, read from its own curve: what the last '
-                      'third of its training minutes bought on the held-out split, against the fast recipe\'s seed '
-                      f'resolution (`{SEED_RESOLUTION_RUN.relative_to(REPO_ROOT)}`), beside how far it kept fitting its '
-                      'training batches (limits.csv).\n\n' + '\n'.join(limit_lines(limits))) if limits else ''
+                      'third of its training minutes bought on the held-out split, against the seed resolution of '
+                      'the recipe it ran (as `python -m wt_zoo.bench claims` judges one-run figures: the fast '
+                      f'recipe\'s, measured over seeds in `results/{FAST_RECIPE_ABLATION}`, when the run shares its '
+                      'settings, else borrowed), beside how far it kept fitting its training batches (limits.csv).'
+                      '\n\n' + '\n'.join(limit_lines(limits))) if limits else ''
     folder.finish('Time to accuracy', [*held_out_section, *filter(None, [final_section]),
         '## Bars\n\n' + ('\n'.join(bar_lines(summary, final)) or 'No model with a bar measured yet.'),
         *filter(None, [limits_section])])
     return 0
 
 
-def seed_resolution(path: Path = SEED_RESOLUTION_RUN) -> Optional[float]:
-    return json.loads(path.read_text()).get('resolution') if path.is_file() else None
+def recipe_resolution(row: Dict[str, Any]) -> Tuple[Optional[float], str]:
+    """The seed resolution ``bench claims`` gives a one-run figure of this row's recipe, and its source."""
+    from .claims import Sources, resolution_and_source, row_recipe
+    return resolution_and_source(Sources(), row_recipe(row))
