@@ -220,7 +220,6 @@ class ResultsFolder:
                             if v is None or isinstance(v, (str, int, float, bool, list, tuple))}),
         )
         self.started = time.perf_counter()
-        self.rewrite_only = False
 
     def keep_provenance(self) -> None:
         """For a command that only rewrites the README from stored tables: the run.json of the run that made the
@@ -230,7 +229,6 @@ class ResultsFolder:
             return
         rewrite = {key: self.provenance[key] for key in ('command', 'date', 'git_commit')}
         self.provenance = dict(json.loads(path.read_text()), rewritten_by=rewrite)
-        self.rewrite_only = True
 
     def write_table(self, name: str, rows: List[Dict[str, Any]]) -> None:
         """``name.csv`` and ``name.json`` with the same rows (written atomically)."""
@@ -254,10 +252,10 @@ class ResultsFolder:
 
     def finish(self, title: str, sections: Sequence[str], extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write README.md (title, provenance, sections) and run.json; returns the README path."""
-        if not self.rewrite_only:
+        if 'rewritten_by' not in self.provenance:  # the run that made the tables ends here
             self.provenance['wall_seconds'] = round(time.perf_counter() - self.started, 1)
-        if hasattr(os, 'getloadavg') and not self.rewrite_only:
-            self.provenance['machine']['load_average_1min_at_end'] = round(os.getloadavg()[0], 2)
+            if hasattr(os, 'getloadavg'):
+                self.provenance['machine']['load_average_1min_at_end'] = round(os.getloadavg()[0], 2)
         if extra:
             self.provenance.update(plain(extra))
         atomic_write_text(self.path / 'run.json', json.dumps(self.provenance, indent=2) + '\n')

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..training import atomic_write_text, plain
+from .claims import Sources, resolution_and_source, row_recipe
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 from .recipe import recipe_as_run
 
@@ -350,5 +351,4 @@ def run(args, argv) -> int:
 
 def recipe_resolution(row: Dict[str, Any]) -> Tuple[Optional[float], str]:
     """The seed resolution ``bench claims`` gives a one-run figure of this row's recipe, and its source."""
-    from .claims import Sources, resolution_and_source, row_recipe
     return resolution_and_source(Sources(), row_recipe(row))
