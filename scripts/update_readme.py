@@ -9,7 +9,9 @@ Each table sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``: ``res
 from the hub_configs folders' results files), ``time_to_accuracy`` and ``train_speed`` (read from
 results/time_to_accuracy and results/train_speed, written by ``python -m wt_zoo.bench``), ``claims``
 (the claims table, ``python -m wt_zoo.bench claims``, computed from the results files), ``transfer``
-(results/transfer, ``python -m wt_zoo.bench transfer``: the .c10 checkpoints fine-tuned on Fashion-MNIST).
+(results/transfer, ``python -m wt_zoo.bench transfer``: the .c10 checkpoints fine-tuned on Fashion-MNIST),
+``progressive_tiny`` (results/progressive_tiny, ``python -m wt_zoo.bench compare``: progressive resizing against
+recipe v2 over seeds).
 """
 import argparse
 import re
@@ -22,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 def sections():
     from wt_zoo.bench import time_to_accuracy, train_speed
     from wt_zoo.bench import claims
-    from wt_zoo.bench import transfer
+    from wt_zoo.bench import compare, transfer
     from wt_zoo.hub import results_table
     return {
         'results/profile.md': (REPO / 'results' / 'profile.md').read_text().strip(),
@@ -31,6 +33,7 @@ def sections():
         'train_speed': train_speed.readme_section(),
         'claims': claims.readme_section(),
         'transfer': transfer.readme_section(),
+        'progressive_tiny': compare.readme_section(REPO / 'results' / 'progressive_tiny'),
     }
 
 

@@ -1,5 +1,6 @@
 """python -m wt_zoo.bench on tiny models and a tiny grid: each subcommand runs and writes its tables (CSV, JSON,
 README) with the right rows and columns, plus its provenance. The measured figures are not asserted."""
+import argparse
 import csv
 import json
 import math
@@ -635,6 +636,81 @@ def test_time_to_accuracy_twin_at_fixed_epochs_keeps_its_plan(tmp_path):
         _plan('configs/wtsm_resnet_small.c10.yaml', 142.0, tmp_path, [], epochs=30)
     with pytest.raises(SystemExit, match='--epochs must be a positive number'):
         _plan('configs/wtsm_resnet_small.c10.yaml', 142.0, tmp_path / 'new', [], epochs=0)
+
+
+def write_time_to_accuracy_run(folder: Path, seed: int, heldout, test_top1: float, flags: str = '', lr: float = 0.5,
+                               hardware: str = 'CPU (Intel Xeon, 2 threads)'):
+    """A finished time-to-accuracy results folder as the bench writes it (summary and curves), one held-out run."""
+    folder.mkdir(parents=True)
+    train_args = f'--seed {seed} {flags}'.strip()
+    command = ('python -m wt_zoo.bench time-to-accuracy --minutes 55 configs/wt_resnet_tiny.c10.yaml '
+               f"'--train-args={train_args}' --out {folder}")
+    recipe = dict(model='wt_resnet_tiny.c10', seed=seed, epochs=len(heldout), lr=lr, amp='on', channels_last='off')
+    (folder / 'curves.json').write_text(json.dumps([
+        dict(model='wt_resnet_tiny.c10', epoch=i + 1, train_minutes=10.0 * (i + 1), heldout_top1=h)
+        for i, h in enumerate(heldout)]))
+    (folder / 'summary.json').write_text(json.dumps([dict(
+        model='wt_resnet_tiny.c10', config='configs/wt_resnet_tiny.c10.yaml', epochs=len(heldout),
+        train_minutes=10.0 * len(heldout), heldout_top1=heldout[-1], test_top1=test_top1, images_per_s=900.0,
+        amp='on', channels_last='off', hardware=hardware, matmul_gflops=340.0, load_average_1min=0.4,
+        command=command, git_commit='0' * 40, date='2026-12-07T00:00:00+00:00', recipe=recipe)]))
+    return folder
+
+
+def test_compare_judges_arms_of_time_budgeted_runs_against_the_pooled_seed_resolution(tmp_path):
+    from wt_zoo.bench import compare
+    base = [write_time_to_accuracy_run(tmp_path / f'base{s}', s, [80, 85, h], t)
+            for s, h, t in ((1, 87.0, 87.1), (2, 87.4, 87.3))]
+    prog = [write_time_to_accuracy_run(tmp_path / f'prog{s}', s, [78, 84, h], t, flags='--progressive-min-size 24')
+            for s, h, t in ((2, 88.2, 88.0), (1, 88.0, 87.9))]
+    out = tmp_path / 'cmp'
+    assert bench_main(['compare', '--out', str(out), '--at-minutes', '15', '25',
+                       '--arm', 'v2=' + ','.join(map(str, base)), '--arm', 'prog=' + ','.join(map(str, prog))]) == 0
+    tables = check_tables(out, 'arms', 'runs')
+    v2, arm = tables['arms']
+    # Pooled over the arms: (0.4^2/2 + 0.2^2/2) / 2 -> std sqrt(0.05); resolution twice that.
+    resolution = 2 * math.sqrt(0.05)
+    assert json.loads((out / 'run.json').read_text())['resolution'] == pytest.approx(resolution)
+    assert v2['change'] == '(baseline)' and arm['change'] == '--progressive-min-size 24'
+    assert arm['top1_mean'] == pytest.approx(88.1) and arm['delta'] == pytest.approx(0.9) and arm['delta'] > resolution
+    assert arm['verdict'] == 'better' and arm['by_seed'] == 'seed 2: +0.80, seed 1: +1.00'  # paired by seed
+    assert arm['test_mean'] == pytest.approx(87.95) and arm['test_delta'] == pytest.approx(0.75)
+    # Each run's held-out top-1 read off its curve at the last evaluation at or before each minute mark.
+    assert [r['heldout_curve'] for r in tables['runs']][:1] == ['80.00 / 85.00']
+    readme = (out / 'README.md').read_text()
+    assert '**better**' in readme and 'met by 1 of 4 runs' in readme  # the 88 % / 60 min bar: seed 2 of prog
+    assert '](../base1/README.md)' in readme
+    section = compare.readme_section(out)
+    assert section.count('| v2 |') == 3 and 'prog 88.10 ± 0.14 % against v2 87.20 ± 0.28 %' in section
+
+    one_seed = tmp_path / 'one'
+    bench_main(['compare', '--out', str(one_seed), '--arm', f'v2={base[0]}', '--arm', f'prog={prog[1]}'])
+    assert 'no verdict' in (one_seed / 'README.md').read_text()
+
+
+def test_compare_refuses_runs_that_are_not_one_recipe_over_seeds_on_one_machine(tmp_path):
+    from wt_zoo.bench import compare
+    a = write_time_to_accuracy_run(tmp_path / 'a', 1, [80, 87], 87.0)
+    b = write_time_to_accuracy_run(tmp_path / 'b', 2, [80, 87], 87.0)
+    c = write_time_to_accuracy_run(tmp_path / 'c', 3, [80, 87], 87.0, flags='--cutout 8')
+    other_lr = write_time_to_accuracy_run(tmp_path / 'lr', 4, [80, 87], 87.0, lr=0.2)
+    same_seed = write_time_to_accuracy_run(tmp_path / 'again', 1, [80, 87], 87.0)
+    amd = write_time_to_accuracy_run(tmp_path / 'amd', 5, [80, 87], 87.0, flags='--cutout 8', hardware='CPU (AMD EPYC)')
+    cmp = lambda *arms: bench_main(['compare', '--out', str(tmp_path / 'out'), *[f'--arm={arm}' for arm in arms]])
+    with pytest.raises(SystemExit, match=r'arm v2 mixes recipes: .*/lr differs from .*/a in its recipe setting lr \(0.5 vs 0.2\)'):
+        cmp(f'v2={a},{other_lr}', f'cut={c}')
+    with pytest.raises(SystemExit, match='arm v2 mixes recipes: .* in its flags'):
+        cmp(f'v2={a},{c}', f'cut={c}')
+    with pytest.raises(SystemExit, match='arm v2 holds seed 1 twice'):
+        cmp(f'v2={a},{same_seed}', f'cut={c}')
+    with pytest.raises(SystemExit, match='must share one machine; they ran .*amd: CPU \\(AMD EPYC\\)'):
+        cmp(f'v2={a},{b}', f'cut={c},{amd}')
+    with pytest.raises(SystemExit, match='needs two --arm at least'):
+        cmp(f'v2={a},{b}')
+    with pytest.raises(SystemExit, match='is not a time-to-accuracy results folder'):
+        cmp(f'v2={a}', f'cut={tmp_path / "nothing"}')
+    with pytest.raises(argparse.ArgumentTypeError, match='--arm expects NAME=FOLDER'):
+        compare.parse_arm('v2')
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ Subcommands, one module each:
   settings are chosen).
 - ``budget``      the epochs twins can share within a device-time budget, from timed training steps.
 - ``time-to-accuracy``  held-out top-1 against training minutes for twins under one recipe and budget.
+- ``compare``     finished time-to-accuracy runs grouped into arms over seeds, against the seed resolution.
 - ``train-speed`` training images/s per numeric path (bf16, channels_last, compile), and what ``auto`` picks.
 - ``transfer``    the .c10 checkpoints fine-tuned on Fashion-MNIST against scratch, same recipe and budget.
 - ``deq-solver``  published DEQ checkpoints at several test-time solver caps on their held-out split.
@@ -27,19 +28,19 @@ from typing import Optional, Sequence
 
 __all__ = ['main', 'build_parser']
 
-SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'ablation', 'budget', 'time-to-accuracy',
+SUBCOMMANDS = ('efficiency', 'stability', 'sweep', 'guidelines', 'ablation', 'budget', 'time-to-accuracy', 'compare',
                'train-speed', 'transfer', 'deq-solver', 'claims')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import (ablation, budget, claims, deq_solver, efficiency, guidelines, stability, sweep, time_to_accuracy,
-                   train_speed, transfer)
+    from . import (ablation, budget, claims, compare, deq_solver, efficiency, guidelines, stability, sweep,
+                   time_to_accuracy, train_speed, transfer)
     parser = argparse.ArgumentParser(prog='python -m wt_zoo.bench', description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='{' + ','.join(SUBCOMMANDS) + '}')
     for name, module in (('efficiency', efficiency), ('stability', stability), ('sweep', sweep),
                          ('guidelines', guidelines), ('ablation', ablation), ('budget', budget), ('time-to-accuracy', time_to_accuracy),
-                         ('train-speed', train_speed), ('transfer', transfer), ('deq-solver', deq_solver),
+                         ('compare', compare), ('train-speed', train_speed), ('transfer', transfer), ('deq-solver', deq_solver),
                          ('claims', claims)):
         doc = module.__doc__.strip()
         sub = subparsers.add_parser(name, help=doc.split('\n')[0].split(': ', 1)[-1], description=doc,
