@@ -169,14 +169,13 @@ def compare_arms(arms: Sequence[Tuple[str, List[Dict[str, Any]]]]) -> Tuple[List
     rows, resolution = summarise(as_ablation, [(name, runs[0]['flags']) for name, runs in arms], tta='none')
     base_runs = arms[0][1]
     base_by_seed = {r['seed']: r for r in base_runs}
-    base_test = float(np.mean([r['test_top1'] for r in base_runs]))
     for row, (name, runs) in zip(rows, arms):
         row['change'] = '(baseline)' if runs is base_runs else _change(base_runs[0], runs[0])
         row['seed_list'] = ', '.join(str(r['seed']) for r in runs)
         row['test_mean'], row['test_std'] = mean_std([r['test_top1'] for r in runs])
         row['epochs_mean'] = float(np.mean([r['epochs'] for r in runs]))
         if runs is not base_runs:
-            row['test_delta'] = row['test_mean'] - base_test
+            row['test_delta'] = row['test_mean'] - rows[0]['test_mean']
             paired = [(r['seed'], r['heldout_top1'] - base_by_seed[r['seed']]['heldout_top1'])
                       for r in runs if r['seed'] in base_by_seed]
             row['by_seed'] = ', '.join(f'seed {s}: {d:+.2f}' for s, d in paired) or 'no seed shared with the baseline'
@@ -281,10 +280,9 @@ def readme_section(folder: Path) -> str:
         return f'Not measured yet: `python -m wt_zoo.bench compare --out {_repo_relative(folder)} --arm ...`.'
     rows, runs = read_table(folder, 'arms'), read_table(folder, 'runs')
     provenance = json.loads((folder / 'run.json').read_text())
-    at = [m for m in (k.removeprefix('heldout_at_') for k in runs[0] if k.startswith('heldout_at_'))]
+    at_minutes = [float(k.removeprefix('heldout_at_')) for k in runs[0] if k.startswith('heldout_at_')]
     link = lambda f: f'[{f}]({f}/README.md)'
-    return '\n\n'.join([markdown_table(runs, _run_columns([float(m) for m in at], link)),
+    return '\n\n'.join([markdown_table(runs, _run_columns(at_minutes, link)),
                         markdown_table(rows, _arm_columns()),
                         summary_text(rows, runs, provenance.get('resolution')) + ' ' + bar_text(runs)
-                        + f' ([{_repo_relative(folder)}]({_repo_relative(folder)}/README.md), made by '
-                          f'`{provenance["command"]}`)'])
+                        + f' ({link(_repo_relative(folder))}, made by `{provenance["command"]}`)'])
