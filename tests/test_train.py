@@ -241,6 +241,38 @@ def test_alternate_flips_and_fused_sgd_resume_exactly(fake_cifar10, tmp_path, ca
     assert "argument --opt-impl: invalid choice: 'fast'" in capsys.readouterr().err
 
 
+def test_planning_times_the_runs_own_epoch_loop_on_copies(fake_cifar10, tmp_path, monkeypatch):
+    """A budget's step time pays what every step of an epoch pays (the batch draw at the scheduled size,
+    gradient clipping, the EMA update), on copies: the run's model, EMA, optimizer, loader and RNG are untouched."""
+    from timm.utils import ModelEmaV3
+    import wt_zoo.training as wt_training
+    from wt_zoo.trainer import TrainingRun
+    run = TrainingRun(train.parse_args(fake_cifar_args(
+        fake_cifar10, tmp_path, 'plan', '-b', '8', '--img-size', '32', '--epochs', '4', '--progressive-min-size', '16',
+        '--model-ema', '--clip-grad', '1.0')))
+    assert len(run.train_loader) == 40
+    ema_updates, clips, sides = [], [], []
+    update, clip = ModelEmaV3.update, wt_training._clip
+    monkeypatch.setattr(ModelEmaV3, 'update', lambda self, *a, **k: (ema_updates.append(self), update(self, *a, **k)))
+    monkeypatch.setattr(wt_training, '_clip', lambda *a, **k: (clips.append(a[1]), clip(*a, **k)))
+    run.model.register_forward_pre_hook(lambda module, inputs: sides.append((module is run.model, inputs[0].shape[-1])))
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    ema_before = {k: v.clone() for k, v in run.model_ema.state_dict().items()}
+    rng = torch.random.get_rng_state()
+
+    assert run.seconds_per_loop_step(image_size=16, max_steps=5, timing_seconds=1e9) > 0  # 2 warm-up + 5 timed
+    assert len(ema_updates) == len(clips) == len(sides) == 7 and set(clips) == {1.0}
+    assert run.model_ema not in ema_updates and sides == [(False, 16)] * 7
+    ema_updates.clear(), sides.clear()
+    run.seconds_per_loop_step(max_steps=5, timing_seconds=0.)  # a slow step is still timed 3 times, at the stored size
+    assert len(ema_updates) == 5 and sides == [(False, 32)] * 5
+
+    assert run.train_loader.image_size == 32 and not run.optimizer.state
+    assert torch.equal(rng, torch.random.get_rng_state())
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+    assert all(torch.equal(ema_before[k], v) for k, v in run.model_ema.state_dict().items())
+
+
 def test_progressive_resizing_trains_small_first_ends_full_size_and_resumes_exactly(fake_cifar10, tmp_path):
     """Epoch sizes follow the schedule (summary column), the run resumes bit-identical mid-ramp, the export
     is evaluated at the full size, and a budget's seconds per epoch average the schedule's sizes."""
@@ -261,7 +293,7 @@ def test_progressive_resizing_trains_small_first_ends_full_size_and_resumes_exac
 
     run = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'plan', *recipe)))
     step_seconds = {16: 1., 24: 2., 32: 6.}
-    run.seconds_per_step = lambda image_size=None, **kwargs: step_seconds[image_size]
+    run.seconds_per_loop_step = lambda image_size=None, *args, **kwargs: step_seconds[image_size]
     assert run.seconds_per_epoch() == pytest.approx((1. + 2. + 6.) / 3 * len(run.train_loader))
     x, _ = next(iter(run.eval_loader))
     assert x.shape[-2:] == (32, 32)

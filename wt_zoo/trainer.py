@@ -205,7 +205,7 @@ class TrainingRun:
 
     Construction does the set-up in the order the pieces depend on each other (dataset defaults,
     model, loaders, fast-path choice, optimizer, schedule, resume). Benches may stop there and use
-    :meth:`seconds_per_step` to plan a budget without training.
+    :meth:`seconds_per_epoch` to plan a budget without training.
     """
 
     def __init__(self, args):
@@ -488,12 +488,52 @@ class TrainingRun:
         _synchronize(self.ctx.device)
         return (time.perf_counter() - start) / steps
 
-    def seconds_per_epoch(self, **kwargs) -> float:
-        """Training seconds per epoch on this machine, from :meth:`seconds_per_step` (evaluation excluded);
-        under progressive resizing, the mean over the schedule's epochs, each size timed once."""
+    def seconds_per_epoch(self, max_steps: int = 40, timing_seconds: float = 8.) -> float:
+        """Training seconds per epoch on this machine (evaluation excluded), for planning a budget; under
+        progressive resizing, the mean over the schedule's epochs, each size timed once.
+
+        Times the run's own epoch loop on copies (:meth:`seconds_per_loop_step`), not a bare step: every step of
+        an epoch also draws and augments a batch, clips the gradients and updates the EMA, and a plan that leaves
+        them out trains past its budget.
+        """
         sizes = [self.train_image_size(epoch) for epoch in range(self.num_epochs)]
-        step_seconds = {size: self.seconds_per_step(image_size=size, **kwargs) for size in set(sizes)}
+        step_seconds = {size: self.seconds_per_loop_step(size, max_steps, timing_seconds) for size in set(sizes)}
         return sum(step_seconds[size] for size in sizes) / len(sizes) * len(self.train_loader)
+
+    def seconds_per_loop_step(self, image_size: Optional[int] = None, max_steps: int = 40,
+                              timing_seconds: float = 8., warmup: int = 2) -> float:
+        """Mean wall time of one step of :func:`wt_zoo.training.train_one_epoch` as this run calls it, over the
+        first batches of its loader (downscaled to ``image_size`` under progressive resizing).
+
+        Runs on copies of the model, optimizer and EMA, so the run's state is untouched. After ``warmup`` steps,
+        as many steps as fit about ``timing_seconds`` (at least 3, at most ``max_steps``): a slow model is timed
+        briefly, a fast one long enough to average out the noise of single steps.
+        """
+        args = self.args
+        model = copy.deepcopy(wt_training.unwrap(self.model)).train()
+        optimizer = self._create_optimizer(model)
+        model_ema = copy.deepcopy(self.model_ema)
+        scaler = torch.amp.GradScaler('cuda') if self.scaler is not None else None
+        loader = self.train_loader
+        kept_size = getattr(loader, 'image_size', None)
+        rng = torch.random.get_rng_state()
+
+        def mean_step_seconds(steps: int) -> float:
+            metrics, _ = wt_training.train_one_epoch(
+                model, _FirstBatches(loader, steps), optimizer, self.train_loss_fn, epoch=0, ctx=self.ctx,
+                mixup_fn=self.mixup_fn, model_ema=model_ema, amp_dtype=self.amp_dtype, scaler=scaler,
+                clip_grad=args.clip_grad, clip_mode=args.clip_mode, log_interval=steps + 1, progress=False)
+            return metrics['seconds'] / metrics['steps']
+
+        try:
+            if image_size is not None:
+                loader.set_image_size(image_size)
+            first = mean_step_seconds(warmup)
+            return mean_step_seconds(max(3, min(max_steps, round(timing_seconds / max(first, 1e-6)))))
+        finally:
+            if image_size is not None:
+                loader.set_image_size(kept_size)
+            torch.random.set_rng_state(rng)
 
     def _choose_fast_path(self) -> None:
         """Resolve 'auto' switches by timing each combination; the timings go to args.yaml."""
@@ -664,6 +704,23 @@ class TrainingRun:
     def close(self) -> None:
         if self.ctx.distributed and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+class _FirstBatches:
+    """The first ``steps`` batches of a training loader (fewer if an epoch holds fewer), for timing the epoch loop
+    on a slice of an epoch."""
+
+    def __init__(self, loader, steps: int):
+        self.loader, self.steps = loader, min(steps, len(loader))
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        for step, batch in enumerate(self.loader):
+            if step == self.steps:
+                return
+            yield batch
 
 
 def _synchronize(device: torch.device) -> None:

@@ -1,7 +1,8 @@
 """budget: how many epochs twins can share within a device-time budget, from timed training steps.
 
 Each recipe is set up as train.py would set it up (:class:`wt_zoo.trainer.TrainingRun`, fast path
-chosen as the recipe asks), a few training steps are timed on a copy of the model, and the common
+chosen as the recipe asks), the first batches of an epoch are trained through the run's own epoch loop on copies
+of the model, optimizer and EMA (:meth:`~wt_zoo.trainer.TrainingRun.seconds_per_epoch`), and the common
 epoch count is the largest that fits the budget when the recipes run one after another:
 
     epochs = floor(minutes * 60 / sum_i(train_seconds_per_epoch_i * (1 + eval_share_i)))

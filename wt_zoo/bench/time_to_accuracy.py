@@ -1,8 +1,8 @@
 """time-to-accuracy: held-out top-1 against training minutes, twins under one recipe and one wall-clock budget.
 
 For each recipe (a train.py ``--config``), the epochs that fit ``--minutes`` of training on this
-machine are planned from timed steps (as ``bench budget`` does, with the fast path the recipe
-chooses), then the recipe trains as train.py would (:class:`wt_zoo.trainer.TrainingRun`, a normal
+machine are planned from the run's own epoch loop timed on copies (as ``bench budget`` does, with the
+fast path the recipe chooses), then the recipe trains as train.py would (:class:`wt_zoo.trainer.TrainingRun`, a normal
 run folder under ``--runs``, resumable: rerunning the command continues an unfinished run with its
 saved plan). After every epoch the held-out split is evaluated (the EMA's figure when the recipe
 keeps one); the curve is held-out top-1 against cumulative training minutes, evaluation excluded.
