@@ -26,7 +26,7 @@ import numpy as np
 from .ablation import summarise
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, read_table
 from .recipe import mean_std
-from .time_to_accuracy import BARS
+from .time_to_accuracy import BARS, meets_bar
 
 __all__ = ['add_arguments', 'run', 'parse_arm', 'load_run', 'compare_arms', 'readme_section']
 
@@ -237,7 +237,7 @@ def bar_text(runs: Sequence[Dict[str, Any]]) -> str:
     if model not in BARS:
         return ''
     top1, minutes = BARS[model]
-    met = [r for r in runs if r['test_top1'] >= top1 and r['train_minutes'] <= minutes]
+    met = [r for r in runs if meets_bar(r)]
     best = max(runs, key=lambda r: r['test_top1'])
     return (f'Bar (>= {top1:g} % test top-1 within {minutes:g} training minutes): met by {len(met)} of {len(runs)} '
             f'runs; best test top-1 {best["test_top1"]:.2f} % ({best["arm"]}, seed {best["seed"]}, '

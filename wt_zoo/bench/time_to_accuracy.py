@@ -32,7 +32,7 @@ from .claims import Sources, resolution_and_source, row_recipe
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 from .recipe import recipe_as_run
 
-__all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'bar_lines', 'readme_section']
+__all__ = ['add_arguments', 'run', 'minutes_to_reach', 'curve_rows', 'meets_bar', 'bar_lines', 'readme_section']
 
 PLAN_FILE = 'time_to_accuracy_plan.json'
 WATCH_IMAGES = 1000  # a whole-split run's per-epoch look at the test split: divergence only, never a choice
@@ -195,6 +195,12 @@ def _test_top1(run) -> float:
     return evaluate(model, loader, run.ctx, run.amp_dtype)['top1']
 
 
+def meets_bar(row: Dict[str, Any]) -> bool:
+    """Whether a run of a model with a bar reached its test top-1 within its training minutes."""
+    top1, minutes = BARS[row['model']]
+    return row['test_top1'] >= top1 and row['train_minutes'] <= minutes
+
+
 def bar_lines(summary: Sequence[Dict[str, Any]], final: Sequence[Dict[str, Any]] = ()) -> List[str]:
     """One line per measured run of a model that has a bar (held-out runs, then whole-split final runs): the
     figure against it and the verdict."""
@@ -203,7 +209,7 @@ def bar_lines(summary: Sequence[Dict[str, Any]], final: Sequence[Dict[str, Any]]
         if row['model'] not in BARS:
             continue
         top1, minutes = BARS[row['model']]
-        met = row['test_top1'] >= top1 and row['train_minutes'] <= minutes
+        met = meets_bar(row)
         split = (f'final run on all {row["train_images"]:,} training images' if row.get('whole_train_split')
                  else 'run with 5,000 images held out')
         lines.append(f'- {row["model"]} ({split}): test top-1 {row["test_top1"]:.2f} % after {row["train_minutes"]:.1f} '
