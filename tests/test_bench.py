@@ -638,6 +638,29 @@ def test_time_to_accuracy_twin_at_fixed_epochs_keeps_its_plan(tmp_path):
         _plan('configs/wtsm_resnet_small.c10.yaml', 142.0, tmp_path / 'new', [], epochs=0)
 
 
+def test_time_to_accuracy_keeps_each_sitting_of_a_resumed_run():
+    from wt_zoo.bench.time_to_accuracy import record_sitting, sitting_epochs, trained_by
+    first, second, third = (dict(date=f'2026-12-0{i}', git_commit=c * 40, load_average_1min=0.5)
+                            for i, c in ((1, 'a'), (2, 'b'), (3, 'c')))
+    plan = record_sitting(dict(epochs=82), 1, first)
+    plan = record_sitting(plan, 61, second)
+    assert [s['first_epoch'] for s in plan['sittings']] == [1, 61] and plan['epochs'] == 82
+    # a sitting stopped before its first checkpoint trained nothing: the next one from the same epoch replaces it
+    plan = record_sitting(plan, 61, third)
+    sittings = sitting_epochs(plan['sittings'], 82)
+    assert [(s['git_commit'][0], s['first_epoch'], s['last_epoch']) for s in sittings] == [('a', 1, 60), ('c', 61, 82)]
+    assert trained_by(dict(git_commit='c' * 40, sittings=sittings)) == \
+        f'`{"a" * 10}` (epochs 1-60), `{"c" * 10}` (epochs 61-82)'
+    # one sitting, or a row written before sittings were kept: the commit alone
+    assert trained_by(dict(git_commit='c' * 40, sittings=sitting_epochs([dict(first, first_epoch=1)], 82))) == f'`{"a" * 10}`'
+    assert trained_by(dict(git_commit='c' * 40)) == f'`{"c" * 10}`'
+    # a run planned before sittings were recorded and resumed after: its first epochs' commit is unknown, not guessed
+    resumed = sitting_epochs(record_sitting(dict(epochs=82), 61, second)['sittings'], 82)
+    assert resumed[0]['load_average_1min'] is None
+    assert trained_by(dict(git_commit='b' * 40, sittings=resumed)) == \
+        f'not recorded (epochs 1-60), `{"b" * 10}` (epochs 61-82)'
+
+
 def write_time_to_accuracy_run(folder: Path, seed: int, heldout, test_top1: float, flags: str = '', lr: float = 0.5,
                                hardware: str = 'CPU (Intel Xeon, 2 threads)'):
     """A finished time-to-accuracy results folder as the bench writes it (summary and curves), one held-out run."""
@@ -730,6 +753,13 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     assert plan['epochs'] * plan['train_seconds_per_epoch'] <= 0.2 * 60
     assert 0 <= row['test_top1'] <= 100 and row['heldout_top1'] == tables['curves'][-1]['heldout_top1']
     assert row['matmul_gflops'] == plan['matmul_gflops'] > 0  # the planning machine's speed, kept with the plan
+    trained = json.loads((out / 'run.json').read_text())
+    sitting, = plan['sittings']  # the one sitting that trained it, kept with the plan and in the row
+    assert (sitting['first_epoch'], sitting['git_commit'], sitting['date']) == (1, trained['git_commit'],
+                                                                                trained['date'])
+    assert row['sittings'] == [dict(sitting, last_epoch=plan['epochs'])]
+    assert row['load_average_1min'] == sitting['load_average_1min']
+    assert f'`{trained["git_commit"][:10]}` |' in readme
     assert [p['epoch'] for p in tables['curves']] == list(range(1, plan['epochs'] + 1))
     assert (out / 'time_to_accuracy.png').stat().st_size > 0 and '| wt_resnet_tiny.c10 |' in readme
     # the row keeps the recipe as the run resolved it (flags over the file), readable after the file moves on
@@ -743,6 +773,8 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     assert bench_main(argv) == 0  # a finished run is resumed at its end: nothing retrained, the rows are replaced
     assert last.stat().st_mtime_ns == stamp
     assert len(json.loads((out / 'summary.json').read_text())) == 1
+    assert json.loads((runs / 'wt_resnet_tiny.c10' / 'time_to_accuracy_plan.json').read_text()) == plan  # trained nothing
+    assert json.loads((out / 'summary.json').read_text())[0]['sittings'] == row['sittings']
     trained = json.loads((out / 'run.json').read_text())
     assert bench_main(['time-to-accuracy', '--out', str(out)]) == 0  # README only: the training run stays the provenance
     rewritten = json.loads((out / 'run.json').read_text())

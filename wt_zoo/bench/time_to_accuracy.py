@@ -17,7 +17,9 @@ Its row goes to the ``final`` table, beside, never instead of, the held-out run'
 Results (``--out``, default results/time_to_accuracy): curves.{csv,json}, summary.{csv,json} with
 the minutes each run took to reach each ``--thresholds`` accuracy, final.{csv,json} (whole-split
 runs), time_to_accuracy.png (one curve per model), README.md, run.json. Rows are merged by model, so twins measured in separate sittings
-share one folder; each summary row keeps its own command, commit and machine.
+share one folder; each summary row keeps its own command, commit and machine. A run resumed over several sittings
+keeps each sitting (its first epoch, date, commit, load) in its plan file and its row, so the commit column says
+which code trained which epochs, not only the sitting that finished it.
 
     python -m wt_zoo.bench time-to-accuracy --minutes 55 configs/wt_resnet_tiny.c10.yaml
 """
@@ -173,12 +175,47 @@ def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str],
     return plan
 
 
-def _train(config: str, plan: Dict[str, Any], run_dir: Path, train_args: List[str]):
+def record_sitting(plan: Dict[str, Any], first_epoch: int, sitting: Dict[str, Any]) -> Dict[str, Any]:
+    """The plan with this sitting (training from 1-based ``first_epoch`` on) added; a sitting that trained nothing
+    past it (stopped before its first checkpoint, or its epochs redone) is replaced."""
+    kept = [s for s in plan.get('sittings', []) if s['first_epoch'] < first_epoch]
+    return dict(plan, sittings=[*kept, dict(sitting, first_epoch=first_epoch)])
+
+
+def sitting_epochs(sittings: Sequence[Dict[str, Any]], epochs: int) -> List[Dict[str, Any]]:
+    """Each sitting with the epochs it trained (``first_epoch``..``last_epoch``); epochs before the first recorded
+    sitting (a run planned before sittings were recorded) as one sitting of unknown commit."""
+    sittings = sorted(sittings, key=lambda s: s['first_epoch'])
+    if not sittings or sittings[0]['first_epoch'] > 1:
+        sittings = [dict(first_epoch=1, date=None, git_commit=None, load_average_1min=None), *sittings]
+    ends = [s['first_epoch'] - 1 for s in sittings[1:]] + [epochs]
+    return [dict(s, last_epoch=end) for s, end in zip(sittings, ends)]
+
+
+def trained_by(row: Dict[str, Any]) -> str:
+    """The commit cell: the commit, or each sitting's commit and epochs when the run spanned several."""
+    sittings = row.get('sittings') or []
+    if len(sittings) <= 1:
+        commit = sittings[0]['git_commit'] if sittings else row['git_commit']
+        return f'`{commit[:10]}`' if commit else 'not recorded'
+    return ', '.join((f'`{s["git_commit"][:10]}`' if s['git_commit'] else 'not recorded')
+                     + f' (epochs {s["first_epoch"]}-{s["last_epoch"]})' for s in sittings)
+
+
+def _shown(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    return [dict(row, trained_by=trained_by(row)) for row in rows]
+
+
+def _train(config: str, plan: Dict[str, Any], run_dir: Path, train_args: List[str], sitting: Dict[str, Any]):
+    """Train (or resume) the planned run; returns the run, its test top-1 and its sittings."""
     from .recipe import open_run
     run = open_run(run_dir, ['--config', config, '--epochs', str(plan['epochs']), *train_args])
+    if run.start_epoch < plan['epochs']:  # this sitting trains: recorded before its first epoch
+        plan = record_sitting(plan, run.start_epoch + 1, sitting)
+        atomic_write_text(run_dir / PLAN_FILE, json.dumps(plain(plan), indent=2) + '\n')
     try:
         run.run()
-        return run, _test_top1(run)
+        return run, _test_top1(run), sitting_epochs(plan.get('sittings', []), plan['epochs'])
     finally:
         run.close()
 
@@ -292,7 +329,9 @@ def run(args, argv) -> int:
             f' ({plan["epochs_fitting"]} would fit; the epochs were fixed with --epochs)'
         log(f'{name}: {plan["epochs"]} epochs planned for {args.minutes} min{asked} '
             f'({plan["train_seconds_per_epoch"]:.1f} s per epoch, amp {plan["amp"]}, channels_last {plan["channels_last"]})')
-        trained, test_top1 = _train(config, plan, run_dir, train_args)
+        sitting = dict(date=folder.provenance['date'], git_commit=folder.provenance['git_commit'],
+                       load_average_1min=load)
+        trained, test_top1, sittings = _train(config, plan, run_dir, train_args, sitting)
         points = curve_rows(trained.args.model, trained.history)
         row = dict(model=trained.args.model, config=config, epochs=plan['epochs'], budget_minutes=args.minutes,
                    train_minutes=points[-1]['train_minutes'])
@@ -303,9 +342,10 @@ def run(args, argv) -> int:
         row.update(test_top1=round(test_top1, 3),
                    images_per_s=round(sum(p['images_per_s'] for p in points) / len(points), 1),
                    amp=trained.args.amp, channels_last=trained.args.channels_last, hardware=plan['hardware'],
-                   matmul_gflops=plan.get('matmul_gflops'), run_folder=str(run_dir), load_average_1min=load,
+                   matmul_gflops=plan.get('matmul_gflops'), run_folder=str(run_dir),
+                   load_average_1min=sittings[0]['load_average_1min'],  # the first sitting's, when recorded
                    command=folder.provenance['command'], git_commit=folder.provenance['git_commit'],
-                   date=folder.provenance['date'], recipe=recipe_as_run(config, trained.args))
+                   date=folder.provenance['date'], sittings=sittings, recipe=recipe_as_run(config, trained.args))
         if args.whole_train_split:
             final = _merge(final, [row])
             folder.write_table('final', final)
@@ -325,24 +365,25 @@ def run(args, argv) -> int:
                Column('images_per_s', 'train img/s', '{:.0f}'), Column('amp', 'amp'),
                Column('channels_last', 'channels_last'), Column('hardware', 'hardware'),
                Column('matmul_gflops', 'machine fp32 matmul GFLOP/s', '{:.0f}'),
-               Column('load_average_1min', 'load at start', '{:.2f}'), Column('git_commit', 'commit',
-                                                                               lambda c: f'`{c[:10]}`')]
+               Column('load_average_1min', 'load at start', '{:.2f}'), Column('trained_by', 'commit')]
     final_columns = [Column('model', 'model'), Column('train_images', 'training images', '{:,}'),
                      Column('epochs', 'epochs'), Column('train_minutes', 'training min', '{:.1f}'),
                      Column('test_top1', 'test top-1', '{:.2f}'), Column('images_per_s', 'train img/s', '{:.0f}'),
                      Column('hardware', 'hardware'), Column('load_average_1min', 'load at start', '{:.2f}'),
-                     Column('git_commit', 'commit', lambda c: f'`{c[:10]}`')]
+                     Column('trained_by', 'commit')]
     final_section = ('## Final runs on the whole training split\n\nThe recipe, its settings chosen on the held-out '
                      'split above, trained once more on every training image under the same budget '
                      '(`--whole-train-split`); the finished weights on the test split, measured once. Each epoch '
-                     f'watched {WATCH_IMAGES:,} test images for divergence only.\n\n' + markdown_table(final, final_columns)
+                     f'watched {WATCH_IMAGES:,} test images for divergence only.\n\n' + markdown_table(_shown(final), final_columns)
                      if final else '')
     held_out_section = [
         'Held-out top-1 (5,000 images held out of the CIFAR-10 training split; the EMA\'s figure where the recipe '
         'keeps one) against cumulative training minutes, evaluation excluded. Test top-1 is the finished '
-        'weights on the test split, measured once. Each row names the command and commit that made it; a blank '
-        '"min to" cell means the run never reached that level.',
-        markdown_table(summary, columns), '![time to accuracy](time_to_accuracy.png)'] if summary else []
+        'weights on the test split, measured once. Each row names the command and commit that made it (a run resumed '
+        'over several sittings: each sitting\'s commit and epochs; "not recorded" for sittings before the bench '
+        'recorded them), and the load when its first sitting started; a blank "min to" cell means the run never '
+        'reached that level.',
+        markdown_table(_shown(summary), columns), '![time to accuracy](time_to_accuracy.png)'] if summary else []
     limits_section = ('## What limits the bars\n\nEach held-out run with a bar, read from its own curve: what the last '
                       'third of its training minutes bought on the held-out split, against the seed resolution of '
                       'the recipe it ran (as `python -m wt_zoo.bench claims` judges one-run figures: the fast '
