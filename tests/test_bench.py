@@ -652,7 +652,8 @@ def test_time_to_accuracy_keeps_each_sitting_of_a_resumed_run():
     assert trained_by(dict(git_commit='c' * 40, sittings=sittings)) == \
         f'`{"a" * 10}` (epochs 1-60), `{"c" * 10}` (epochs 61-82)'
     # one sitting, or a row written before sittings were kept: the commit alone
-    assert trained_by(dict(git_commit='c' * 40, sittings=sitting_epochs([dict(first, first_epoch=1)], 82))) == f'`{"a" * 10}`'
+    alone = sitting_epochs([dict(first, first_epoch=1)], 82)
+    assert trained_by(dict(git_commit='c' * 40, sittings=alone)) == f'`{"a" * 10}`'
     assert trained_by(dict(git_commit='c' * 40)) == f'`{"c" * 10}`'
     # a run planned before sittings were recorded and resumed after: its first epochs' commit is unknown, not guessed
     resumed = sitting_epochs(record_sitting(dict(epochs=82), 61, second)['sittings'], 82)

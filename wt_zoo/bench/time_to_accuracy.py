@@ -171,8 +171,12 @@ def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str],
                          f'({row["train_seconds_per_epoch"]:.0f} s per epoch here)')
     plan = dict(row, minutes=minutes, epochs=epochs if epochs is not None else fitted, epochs_fitting=fitted)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(plain(plan), indent=2) + '\n')
+    _write_plan(run_dir, plan)
     return plan
+
+
+def _write_plan(run_dir: Path, plan: Dict[str, Any]) -> None:
+    atomic_write_text(run_dir / PLAN_FILE, json.dumps(plain(plan), indent=2) + '\n')
 
 
 def record_sitting(plan: Dict[str, Any], first_epoch: int, sitting: Dict[str, Any]) -> Dict[str, Any]:
@@ -212,7 +216,7 @@ def _train(config: str, plan: Dict[str, Any], run_dir: Path, train_args: List[st
     run = open_run(run_dir, ['--config', config, '--epochs', str(plan['epochs']), *train_args])
     if run.start_epoch < plan['epochs']:  # this sitting trains: recorded before its first epoch
         plan = record_sitting(plan, run.start_epoch + 1, sitting)
-        atomic_write_text(run_dir / PLAN_FILE, json.dumps(plain(plan), indent=2) + '\n')
+        _write_plan(run_dir, plan)
     try:
         run.run()
         return run, _test_top1(run), sitting_epochs(plan.get('sittings', []), plan['epochs'])
@@ -374,7 +378,8 @@ def run(args, argv) -> int:
     final_section = ('## Final runs on the whole training split\n\nThe recipe, its settings chosen on the held-out '
                      'split above, trained once more on every training image under the same budget '
                      '(`--whole-train-split`); the finished weights on the test split, measured once. Each epoch '
-                     f'watched {WATCH_IMAGES:,} test images for divergence only.\n\n' + markdown_table(_shown(final), final_columns)
+                     f'watched {WATCH_IMAGES:,} test images for divergence only.\n\n'
+                     + markdown_table(_shown(final), final_columns)
                      if final else '')
     held_out_section = [
         'Held-out top-1 (5,000 images held out of the CIFAR-10 training split; the EMA\'s figure where the recipe '
