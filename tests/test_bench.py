@@ -639,15 +639,18 @@ def test_time_to_accuracy_twin_at_fixed_epochs_keeps_its_plan(tmp_path):
 
 
 def test_time_to_accuracy_keeps_each_sitting_of_a_resumed_run():
-    from wt_zoo.bench.time_to_accuracy import record_sitting, sitting_epochs, trained_by
+    from wt_zoo.bench.time_to_accuracy import trained_by, with_planned_sittings
+    from wt_zoo.training import record_sitting, sitting_epochs
     first, second, third = (dict(date=f'2026-12-0{i}', git_commit=c * 40, load_average_1min=0.5)
                             for i, c in ((1, 'a'), (2, 'b'), (3, 'c')))
-    plan = record_sitting(dict(epochs=82), 1, first)
-    plan = record_sitting(plan, 61, second)
-    assert [s['first_epoch'] for s in plan['sittings']] == [1, 61] and plan['epochs'] == 82
+    sittings = record_sitting(record_sitting([], 1, first), 61, second)
+    assert [s['first_epoch'] for s in sittings] == [1, 61]
     # a sitting stopped before its first checkpoint trained nothing: the next one from the same epoch replaces it
-    plan = record_sitting(plan, 61, third)
-    sittings = sitting_epochs(plan['sittings'], 82)
+    sittings = record_sitting(sittings, 61, third)
+    assert [s['git_commit'][0] for s in sittings] == ['a', 'c']
+    # while it has not finished an epoch, a sitting is left out of the epochs trained so far
+    assert [s['last_epoch'] for s in sitting_epochs(sittings, 60)] == [60]
+    sittings = sitting_epochs(sittings, 82)
     assert [(s['git_commit'][0], s['first_epoch'], s['last_epoch']) for s in sittings] == [('a', 1, 60), ('c', 61, 82)]
     assert trained_by(dict(git_commit='c' * 40, sittings=sittings)) == \
         f'`{"a" * 10}` (epochs 1-60), `{"c" * 10}` (epochs 61-82)'
@@ -655,11 +658,20 @@ def test_time_to_accuracy_keeps_each_sitting_of_a_resumed_run():
     alone = sitting_epochs([dict(first, first_epoch=1)], 82)
     assert trained_by(dict(git_commit='c' * 40, sittings=alone)) == f'`{"a" * 10}`'
     assert trained_by(dict(git_commit='c' * 40)) == f'`{"c" * 10}`'
-    # a run planned before sittings were recorded and resumed after: its first epochs' commit is unknown, not guessed
-    resumed = sitting_epochs(record_sitting(dict(epochs=82), 61, second)['sittings'], 82)
+    # a run trained before sittings were recorded and resumed after: its first epochs' commit is unknown, not guessed
+    resumed = sitting_epochs(record_sitting([], 61, second), 82)
     assert resumed[0]['load_average_1min'] is None
     assert trained_by(dict(git_commit='b' * 40, sittings=resumed)) == \
         f'not recorded (epochs 1-60), `{"b" * 10}` (epochs 61-82)'
+    # sittings the bench kept in its plan file (before train.py recorded them) come first, never twice
+    opened = record_sitting([], 1, first)
+    planned = dict(epochs=82, sittings=record_sitting(opened, 36, second))
+    recorded = record_sitting([], 61, third)
+    assert [s['git_commit'][0] for s in with_planned_sittings(planned, recorded, 82)] == ['a', 'b', 'c']
+    assert [s['git_commit'][0] for s in with_planned_sittings(planned, [], 61)] == ['a', 'b']
+    assert with_planned_sittings(dict(epochs=82), recorded, 82) == recorded
+    mine = record_sitting(opened, 36, third)
+    assert with_planned_sittings(planned, mine, 82) == mine  # the run's own record wins where both have one
 
 
 def write_time_to_accuracy_run(folder: Path, seed: int, heldout, test_top1: float, flags: str = '', lr: float = 0.5,
@@ -755,11 +767,13 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     assert 0 <= row['test_top1'] <= 100 and row['heldout_top1'] == tables['curves'][-1]['heldout_top1']
     assert row['matmul_gflops'] == plan['matmul_gflops'] > 0  # the planning machine's speed, kept with the plan
     trained = json.loads((out / 'run.json').read_text())
-    sitting, = plan['sittings']  # the one sitting that trained it, kept with the plan and in the row
-    assert (sitting['first_epoch'], sitting['git_commit'], sitting['date']) == (1, trained['git_commit'],
-                                                                                trained['date'])
+    args = yaml.safe_load((runs / 'wt_resnet_tiny.c10' / 'args.yaml').read_text())
+    sitting, = args['sittings']  # the one sitting that trained it, kept by the run and in the row
+    assert (sitting['first_epoch'], sitting['git_commit'], sitting['hardware']) == (1, trained['git_commit'],
+                                                                                    plan['hardware'])
+    assert sitting['date'] >= trained['date'] and 'sittings' not in plan
     assert row['sittings'] == [dict(sitting, last_epoch=plan['epochs'])]
-    assert row['load_average_1min'] == sitting['load_average_1min']
+    assert row['load_average_1min'] == sitting['load_average_1min'] is not None
     assert f'`{trained["git_commit"][:10]}` |' in readme
     assert [p['epoch'] for p in tables['curves']] == list(range(1, plan['epochs'] + 1))
     assert (out / 'time_to_accuracy.png').stat().st_size > 0 and '| wt_resnet_tiny.c10 |' in readme

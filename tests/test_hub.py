@@ -264,6 +264,48 @@ def test_card_shows_progressive_resizing_only_for_runs_that_used_it(tmp_path):
         assert ('| progressive_end | 0.75 |' in card) == bool(min_size)
 
 
+def test_card_says_which_sittings_trained_a_resumed_run(tmp_path):
+    xeon, epyc = 'CPU (Intel Xeon, 2 threads)', 'CPU (AMD EPYC, 2 threads)'
+    first = dict(first_epoch=1, date='2026-12-06T07:54:10+00:00', git_commit='a' * 40, hardware=xeon,
+                 load_average_1min=0.1)
+    cards = {}
+    for label, sittings in (('none', None), ('one', [first]),
+                            ('same', [first, dict(first, first_epoch=3, git_commit='b' * 40)]),
+                            ('moved', [first, dict(first, first_epoch=2, hardware=epyc)]),
+                            ('unfinished', [first, dict(first, first_epoch=len(EPOCH_SECONDS) + 1, hardware=epyc)])):
+        run = make_run(tmp_path / label, 'wt_resnet_tiny.c10', hardware=xeon)
+        if sittings:  # as train.py writes a resumed run's args.yaml
+            args = dict(yaml.safe_load((run / 'args.yaml').read_text()), sittings=sittings, resume=str(run),
+                        fast_path_timings=[dict(amp=True, channels_last=False, images_per_s=500.0)])
+            (run / 'args.yaml').write_text(yaml.safe_dump(args, sort_keys=True))
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / label / 'hub')
+        cards[label] = (tmp_path / label / 'hub' / 'wt_resnet_tiny.c10' / 'README.md').read_text()
+    assert 'sitting' not in cards['none'] and f'- Hardware: {xeon}.' in cards['none']
+    assert '- Trained in one sitting from 2026-12-06 07:54 UTC at commit `aaaaaaaaaa`.' in cards['one']
+    assert ('- Trained over 2 sittings (`--resume`): epochs 1-2 from 2026-12-06 07:54 UTC at commit `aaaaaaaaaa`; '
+            'epoch 3 from 2026-12-06 07:54 UTC at commit `bbbbbbbbbb`.') in cards['same']
+    assert f'- Hardware: {xeon}.' in cards['same']
+    # resumed on another machine: the card names both, with the epochs each trained
+    assert f'- Hardware: {xeon} (epoch 1), {epyc} (epochs 2-3).' in cards['moved']
+    # a last sitting that had not finished an epoch trained nothing the card reports
+    assert cards['unfinished'] == cards['one']
+    # the card's promise: `train.py --config train_args.yaml` trains the recipe again, from scratch
+    from wt_zoo.trainer import parse_train_args
+    replay = parse_train_args(['--config', str(tmp_path / 'moved' / 'hub' / 'wt_resnet_tiny.c10' / 'train_args.yaml')])
+    assert (replay.model, replay.lr, replay.resume) == ('wt_resnet_tiny', 0.15, '')
+    assert not hasattr(replay, 'sittings') and not hasattr(replay, 'hardware')
+
+
+def test_every_published_recipe_trains_again_from_its_train_args():
+    from wt_zoo.trainer import parse_train_args
+    for name in REPO_TAGS:
+        path = REPO_HUB_CONFIGS / name / 'train_args.yaml'
+        replay = parse_train_args(['--config', str(path)])
+        recorded = yaml.safe_load(path.read_text())
+        assert (replay.model, replay.lr, replay.epochs) == (recorded['model'], recorded['lr'], recorded['epochs']), name
+        assert replay.resume == '', f'{name}: train_args.yaml resumes {replay.resume!r}, not a run from scratch'
+
+
 def test_export_refuses_inconsistent_inputs(published, tmp_path):
     out = tmp_path / 'hub_configs'
     other = make_run(tmp_path, 'wt_resnet_tiny.c10', seed=3, hardware=None)

@@ -211,6 +211,13 @@ def test_resume_after_kill_mid_checkpoint_equals_uninterrupted_run(fake_cifar10,
 
     run_script(['train.py', *fake_cifar_args(fake_cifar10, tmp_path, 'killed', *recipe), '--resume', str(run)])
     assert_same_run(tmp_path / 'straight', run, epochs=2)
+    # each sitting is recorded with the epochs it trained: the straight run one, the killed run two
+    straight, = yaml.safe_load((tmp_path / 'straight' / 'args.yaml').read_text())['sittings']
+    assert straight['first_epoch'] == 1 and straight['git_commit'] == wt_training.git_commit()
+    assert straight['hardware'] == yaml.safe_load((tmp_path / 'straight' / 'args.yaml').read_text())['hardware']
+    sittings = yaml.safe_load((run / 'args.yaml').read_text())['sittings']
+    assert [s['first_epoch'] for s in sittings] == [1, 2] and sittings[0]['date'] <= sittings[1]['date']
+    assert torch.load(run / 'last.pth.tar', weights_only=True)['sittings'] == sittings
 
 
 def test_alternate_flips_and_fused_sgd_resume_exactly(fake_cifar10, tmp_path, caplog, capsys):

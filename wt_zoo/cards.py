@@ -20,6 +20,7 @@ import yaml
 
 from .data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, canonical_dataset_name
 from .hub_ids import hub_repo_id
+from .training import sitting_epochs
 
 __all__ = [
     'HubFolderError', 'DatasetInfo', 'TAG_DATASETS', 'TRAIN_ARGS', 'TRAIN_SUMMARY', 'VALIDATION_RESULTS', 'CARD',
@@ -294,6 +295,7 @@ def training_figures(args: Dict[str, Any], summary: List[Dict[str, str]]) -> Dic
         train_images_per_s=sum(images) / len(images) if images else None,
         peak_memory_mb=max(peak) if peak else None,
         hardware=args.get('hardware'),
+        sittings=sitting_epochs(args['sittings'], len(summary)) if args.get('sittings') else [],
         amp_dtype=amp_dtype_used(args),
         world_size=int(float(last['world_size'])) if last.get('world_size') else 1,
         last=last,
@@ -306,6 +308,23 @@ def _duration(seconds: float) -> str:
     if hours:
         return f'{hours} h {minutes:02d} min'
     return f'{minutes} min {secs:02d} s' if minutes else f'{secs} s'
+
+
+def _sittings_line(sittings: Sequence[Dict[str, Any]]) -> str:
+    """Which code trained which epochs, and when: one line, each sitting of a run resumed over several."""
+    def when(s):
+        if not s.get('git_commit'):
+            return '(not recorded)'
+        return f'from {s["date"][:16].replace("T", " ")} UTC at commit `{s["git_commit"][:10]}`'
+    if len(sittings) == 1:
+        return f'- Trained in one sitting {when(sittings[0])}.'
+    return (f'- Trained over {len(sittings)} sittings (`--resume`): '
+            + '; '.join(f'{_epoch_span(s)} {when(s)}' for s in sittings) + '.')
+
+
+def _epoch_span(sitting: Dict[str, Any]) -> str:
+    first, last = sitting['first_epoch'], sitting['last_epoch']
+    return f'epoch {first}' if first == last else f'epochs {first}-{last}'
 
 
 def _fmt(value: Any) -> str:
@@ -571,6 +590,9 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         '## Training', '',
     ]
     hardware = train['hardware'] or 'not recorded'
+    machines = {s['hardware'] for s in train['sittings'] if s.get('hardware')}
+    if len(machines) > 1:  # resumed on another machine: its wall time adds up epochs of both
+        hardware = ', '.join(f'{s.get("hardware") or "not recorded"} ({_epoch_span(s)})' for s in train['sittings'])
     wall = _duration(train['wall_seconds']) if train['wall_seconds'] is not None else 'not recorded'
     planned = train['epochs_planned']
     planned = f' of {planned} planned' if planned not in (None, train['epochs_run']) else ''
@@ -586,6 +608,8 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
         + (f'; {train["train_images_per_s"]:,.0f} training images/s on average' if train['train_images_per_s'] else '')
         + (f'; peak memory {train["peak_memory_mb"]:,.0f} MB' if train['peak_memory_mb'] else '') + '.',
     ]
+    if train['sittings']:
+        lines.append(_sittings_line(train['sittings']))
     last = train['last']
     if last.get('eval_top1'):
         lines.append(f'- Last epoch: train loss {float(last["train_loss"]):.4f}, evaluation top-1 '

@@ -606,6 +606,8 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     try:
         save_for_hf(model, stage, safe_serialization=True, model_config=dict(label_names=list(data.classes)))
         published_args = dict(args, hardware=args.get('hardware') or hardware)
+        if published_args.get('resume'):  # `train.py --config train_args.yaml` trains the recipe again from scratch
+            published_args['resume'] = ''
         for key, value in published_args.items():  # this machine's folders mean nothing on the Hub
             if isinstance(value, str) and os.path.isabs(value):
                 published_args[key] = Path(value).name

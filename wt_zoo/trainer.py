@@ -3,7 +3,8 @@
 :class:`TrainingRun` takes train.py's flags (an ``argparse.Namespace``), builds the model, data,
 optimizer, schedule and EMA, picks the fastest numeric path for this machine when asked
 (``--amp auto``, ``--channels-last auto``: a few timed steps on a throw-away copy), and runs the
-epochs with atomic checkpoints and an exact ``--resume``. The per-step and per-epoch pieces live in
+epochs with atomic checkpoints and an exact ``--resume``, recording each sitting of a run resumed over several
+(date, commit, hardware, load: in the checkpoints and ``args.yaml``). The per-step and per-epoch pieces live in
 :mod:`wt_zoo.training`; this module only wires them into a run.
 """
 import argparse
@@ -212,6 +213,9 @@ class TrainingRun:
         from timm.data import resolve_input_data_config
         self.args = args
         self.ctx = ctx = wt_training.init_distributed(args.device, args.dist_backend)
+        # This sitting, recorded in the checkpoints and args.yaml once it trains (the load before its own work).
+        self.sitting = wt_training.this_sitting(ctx.device, ctx.world_size)
+        self.sittings: List[Dict[str, Any]] = []  # the earlier sittings of a resumed run
         if args.sync_bn and ctx.device.type != 'cuda':
             raise ValueError('--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel); use --dist-bn reduce on CPU')
         for name in SWITCHES:
@@ -410,6 +414,7 @@ class TrainingRun:
             self.num_updates = int(checkpoint.get('num_updates', self.start_epoch * len(self.train_loader)))
             self.history = list(checkpoint.get('history') or [])
             self.best = checkpoint.get('best')
+            self.sittings = list(checkpoint.get('sittings') or [])
         _warn_changed_args(checkpoint.get('args') or {}, args)
         _logger.info(f'resumed from {path} (epoch {self.start_epoch - 1} done)')
         if self.start_epoch > 0:
@@ -584,8 +589,10 @@ class TrainingRun:
             return
         self.out_dir = self.output_dir()
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.start_epoch < self.num_epochs:
+            self.sittings = wt_training.record_sitting(self.sittings, self.start_epoch + 1, self.sitting)
         wt_training.write_args_yaml(self.out_dir / wt_training.ARGS_FILE, self._recorded_args(),
-                                    hardware=wt_training.describe_hardware(self.ctx.device, self.ctx.world_size))
+                                    hardware=self.sitting['hardware'], sittings=self.sittings)
         if self.history:  # a resumed run continues the summary from the checkpoint, dropping rows of redone epochs
             wt_training.write_summary_csv(self.out_dir / wt_training.SUMMARY_FILE, self.history)
         _logger.info(f'writing to {self.out_dir}')
@@ -643,7 +650,7 @@ class TrainingRun:
         if ctx.is_primary:
             ckpt = dict(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, epoch=epoch,
                         args=self._recorded_args(), history=self.history, best=self.best, model_ema=self.model_ema,
-                        scaler=self.scaler, num_updates=self.num_updates)
+                        scaler=self.scaler, num_updates=self.num_updates, sittings=self.sittings)
             wt_training.save_training_checkpoint(self.out_dir / wt_training.LAST_CHECKPOINT, **ckpt)
             if improved:
                 wt_training.save_training_checkpoint(self.out_dir / wt_training.BEST_CHECKPOINT, **ckpt)

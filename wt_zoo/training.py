@@ -7,12 +7,14 @@ stopped. The epoch loops keep running sums on the device and synchronise only at
 """
 import argparse
 import csv
+import datetime
 import io
 import json
 import logging
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +37,9 @@ BEST_CHECKPOINT = 'best.pth.tar'
 SUMMARY_FILE = 'summary.csv'
 ARGS_FILE = 'args.yaml'
 WEIGHTS_FILE = 'model.safetensors'
+# What args.yaml records about the run beside its flags; a --config of an args.yaml (a replay) skips them.
+RUN_RECORD_KEYS = ('hardware', 'fast_path_timings', 'sittings')
+REPO_ROOT = Path(__file__).resolve().parents[1]
 _TMP_SUFFIX = '.tmp'
 
 
@@ -48,10 +53,13 @@ def _file_mode() -> int:
 _FILE_MODE = _file_mode()
 
 __all__ = [
-    'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'SUMMARY_FILE', 'ARGS_FILE', 'WEIGHTS_FILE', 'NonFiniteLossError',
+    'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'SUMMARY_FILE', 'ARGS_FILE', 'WEIGHTS_FILE', 'RUN_RECORD_KEYS',
+    'NonFiniteLossError',
     'DistContext', 'init_distributed', 'plain', 'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save',
     'find_checkpoint', 'load_checkpoint_file', 'save_training_checkpoint', 'restore_training_state',
-    'ParseKwargs', 'parse_args_with_config', 'load_model_weights', 'write_summary_csv', 'write_args_yaml', 'cpu_model', 'describe_hardware', 'write_results', 'seed_everything',
+    'ParseKwargs', 'parse_args_with_config', 'load_model_weights', 'write_summary_csv', 'write_args_yaml',
+    'cpu_model', 'describe_hardware', 'git_commit', 'this_sitting', 'record_sitting', 'sitting_epochs',
+    'write_results', 'seed_everything',
     'create_model_from_args', 'unwrap', 'peak_memory_mb', 'reset_peak_memory', 'mean_solver_steps',
     'rank_weight_max_diff', 'train_one_epoch', 'evaluate', 'export_weights', 'parse_kwargs_value',
 ]
@@ -268,8 +276,10 @@ def export_weights(model: nn.Module, out_dir: Union[str, Path], data_config: Opt
 
 def save_training_checkpoint(
         path: Union[str, Path], *, model: nn.Module, optimizer, scheduler, epoch: int, args, history: List[dict],
-        best: Optional[dict], model_ema: Optional[nn.Module] = None, scaler=None, num_updates: int = 0) -> None:
-    """Everything --resume needs, as tensors and plain values, written atomically."""
+        best: Optional[dict], model_ema: Optional[nn.Module] = None, scaler=None, num_updates: int = 0,
+        sittings: Sequence[Dict[str, Any]] = ()) -> None:
+    """Everything --resume needs, as tensors and plain values, written atomically; ``sittings`` (see
+    :func:`record_sitting`) travel with the epochs they trained."""
     state = dict(
         epoch=epoch,
         arch=getattr(args, 'model', ''),
@@ -280,6 +290,7 @@ def save_training_checkpoint(
         args=plain(vars(args)),
         history=plain(history),
         best=plain(best),
+        sittings=plain(list(sittings)),
         version=1,
     )
     if model_ema is not None:
@@ -330,7 +341,8 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv=None, skip_unkn
     """timm-style: a ``--config`` YAML file sets defaults, the command line overrides them.
 
     Keys are flag names. Unknown keys are an error, or skipped with ``skip_unknown_keys`` (so that
-    validate.py can read a train.py recipe).
+    validate.py can read a train.py recipe); a run's own records in its args.yaml (:data:`RUN_RECORD_KEYS`)
+    are skipped, so that a run's args.yaml trains its recipe again.
     """
     config_parser = argparse.ArgumentParser(add_help=False)
     config_parser.add_argument('-c', '--config', default='')
@@ -344,7 +356,7 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv=None, skip_unkn
         if not isinstance(cfg, dict):
             parser.error(f'--config {pre.config}: expected a mapping of flag names to values')
         known = {a.dest for a in parser._actions}
-        cfg = {k.replace('-', '_'): v for k, v in cfg.items()}
+        cfg = {k.replace('-', '_'): v for k, v in cfg.items() if k not in RUN_RECORD_KEYS}
         unknown = sorted(set(cfg) - known)
         if unknown and not skip_unknown_keys:
             parser.error(f'--config {pre.config}: unknown keys {unknown}; keys are flag names, e.g. batch_size, lr')
@@ -403,10 +415,58 @@ def describe_hardware(device: torch.device, world_size: int = 1) -> str:
     return what if world_size == 1 else f'{world_size} x {what}'
 
 
-def write_args_yaml(path: Union[str, Path], args, hardware: Optional[str] = None) -> None:
+def git_commit(repo: Path = REPO_ROOT) -> str:
+    """HEAD's commit, with ``+dirty`` when a tracked file outside results/ differs from it (so results say what
+    code made them; a bench spanning sittings rewrites its own results files, which is not a change of code);
+    'unknown' outside a git checkout (a package installed into another project's tree is not that project)."""
+    if not (Path(repo) / '.git').exists():
+        return 'unknown'
+    try:
+        head = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                              timeout=20).stdout.strip()
+        status = subprocess.run(['git', '-C', str(repo), 'status', '--porcelain', '--untracked-files=no', '--',
+                                 '.', ':(exclude)results'], capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    if not head:
+        return 'unknown'
+    return head + ('+dirty' if status else '')
+
+
+def this_sitting(device: torch.device, world_size: int = 1) -> Dict[str, Any]:
+    """When, with which code, on what and beside how much load this process trains: one sitting of a run
+    that ``--resume`` may spread over several (the load first, before this process adds its own)."""
+    load = round(os.getloadavg()[0], 2) if hasattr(os, 'getloadavg') else None
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+                git_commit=git_commit(), hardware=describe_hardware(device, world_size), load_average_1min=load)
+
+
+def record_sitting(sittings: Sequence[Dict[str, Any]], first_epoch: int,
+                   sitting: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The sittings with this one (training from 1-based ``first_epoch`` on) added; one that trained nothing
+    past it (stopped before its first checkpoint, or its epochs redone) is replaced."""
+    kept = [s for s in sittings if s['first_epoch'] < first_epoch]
+    return [*kept, dict(sitting, first_epoch=first_epoch)]
+
+
+def sitting_epochs(sittings: Sequence[Dict[str, Any]], epochs: int) -> List[Dict[str, Any]]:
+    """Each sitting with the epochs it trained (``first_epoch``..``last_epoch``) of the first ``epochs``; epochs
+    before the first recorded sitting (trained by code that did not record them) as one sitting of unknown
+    commit, and a last sitting that had trained nothing yet left out."""
+    sittings = sorted((s for s in sittings if s['first_epoch'] <= epochs), key=lambda s: s['first_epoch'])
+    if epochs and (not sittings or sittings[0]['first_epoch'] > 1):
+        sittings = [dict(first_epoch=1, date=None, git_commit=None, load_average_1min=None), *sittings]
+    ends = [s['first_epoch'] - 1 for s in sittings[1:]] + [epochs]
+    return [dict(s, last_epoch=end) for s, end in zip(sittings, ends)]
+
+
+def write_args_yaml(path: Union[str, Path], args, hardware: Optional[str] = None,
+                    sittings: Sequence[Dict[str, Any]] = ()) -> None:
     values = plain(vars(args))
     if hardware:
         values['hardware'] = hardware
+    if sittings:
+        values['sittings'] = plain(list(sittings))
     atomic_write_text(path, yaml.safe_dump(values, sort_keys=True))
 
 

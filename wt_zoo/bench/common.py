@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 
 
-from ..training import atomic_write_text, cpu_model, parse_kwargs_value, plain, write_results
+from ..training import atomic_write_text, cpu_model, git_commit, parse_kwargs_value, plain, write_results
 
 __all__ = [
     'REPO_ROOT', 'FAST_RECIPE_ABLATION', 'ModelSpec', 'parse_model_specs', 'ResultsFolder', 'Column', 'markdown_table', 'machine_info',
@@ -114,21 +114,6 @@ def stopped_early(run: Dict[str, Any]) -> Optional[Tuple[int, int]]:
     """(finished, planned) when a bench's run.json says --stop-after ended it before its last run, else None."""
     done, planned = run.get('runs_finished'), run.get('runs_planned')
     return (done, planned) if done is not None and planned and done < planned else None
-
-
-def git_commit(repo: Path = REPO_ROOT) -> str:
-    """HEAD's commit, with ``+dirty`` when a tracked file outside results/ differs from it (so results say what
-    code made them; a bench spanning sittings rewrites its own results files, which is not a change of code)."""
-    try:
-        head = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                              timeout=20).stdout.strip()
-        status = subprocess.run(['git', '-C', str(repo), 'status', '--porcelain', '--untracked-files=no', '--',
-                                 '.', ':(exclude)results'], capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return 'unknown'
-    if not head:
-        return 'unknown'
-    return head + ('+dirty' if status else '')
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,8 +18,9 @@ Results (``--out``, default results/time_to_accuracy): curves.{csv,json}, summar
 the minutes each run took to reach each ``--thresholds`` accuracy, final.{csv,json} (whole-split
 runs), time_to_accuracy.png (one curve per model), README.md, run.json. Rows are merged by model, so twins measured in separate sittings
 share one folder; each summary row keeps its own command, commit and machine. A run resumed over several sittings
-keeps each sitting (its first epoch, date, commit, load) in its plan file and its row, so the commit column says
-which code trained which epochs, not only the sitting that finished it.
+keeps each sitting (its first epoch, date, commit, hardware, load; train.py's run records them in its checkpoints
+and args.yaml, runs planned before that kept them in the plan file) in its row, so the commit column says which
+code trained which epochs, not only the sitting that finished it.
 
     python -m wt_zoo.bench time-to-accuracy --minutes 55 configs/wt_resnet_tiny.c10.yaml
 """
@@ -29,7 +30,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..training import atomic_write_text, plain
+from ..training import atomic_write_text, plain, sitting_epochs
 from .claims import Sources, resolution_and_source, row_recipe
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 from .recipe import recipe_as_run
@@ -179,23 +180,6 @@ def _write_plan(run_dir: Path, plan: Dict[str, Any]) -> None:
     atomic_write_text(run_dir / PLAN_FILE, json.dumps(plain(plan), indent=2) + '\n')
 
 
-def record_sitting(plan: Dict[str, Any], first_epoch: int, sitting: Dict[str, Any]) -> Dict[str, Any]:
-    """The plan with this sitting (training from 1-based ``first_epoch`` on) added; a sitting that trained nothing
-    past it (stopped before its first checkpoint, or its epochs redone) is replaced."""
-    kept = [s for s in plan.get('sittings', []) if s['first_epoch'] < first_epoch]
-    return dict(plan, sittings=[*kept, dict(sitting, first_epoch=first_epoch)])
-
-
-def sitting_epochs(sittings: Sequence[Dict[str, Any]], epochs: int) -> List[Dict[str, Any]]:
-    """Each sitting with the epochs it trained (``first_epoch``..``last_epoch``); epochs before the first recorded
-    sitting (a run planned before sittings were recorded) as one sitting of unknown commit."""
-    sittings = sorted(sittings, key=lambda s: s['first_epoch'])
-    if not sittings or sittings[0]['first_epoch'] > 1:
-        sittings = [dict(first_epoch=1, date=None, git_commit=None, load_average_1min=None), *sittings]
-    ends = [s['first_epoch'] - 1 for s in sittings[1:]] + [epochs]
-    return [dict(s, last_epoch=end) for s, end in zip(sittings, ends)]
-
-
 def trained_by(row: Dict[str, Any]) -> str:
     """The commit cell: the commit, or each sitting's commit and epochs when the run spanned several."""
     sittings = row.get('sittings') or []
@@ -210,16 +194,24 @@ def _shown(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return [dict(row, trained_by=trained_by(row)) for row in rows]
 
 
-def _train(config: str, plan: Dict[str, Any], run_dir: Path, train_args: List[str], sitting: Dict[str, Any]):
+def with_planned_sittings(plan: Dict[str, Any], recorded: List[Dict[str, Any]],
+                          next_epoch: int) -> List[Dict[str, Any]]:
+    """The run's sittings, preceded by those this bench kept in its plan file before train.py recorded them
+    (the run's history before its first recorded sitting, or before the epoch about to train)."""
+    first = min((s['first_epoch'] for s in recorded), default=next_epoch)
+    return [s for s in plan.get('sittings', []) if s['first_epoch'] < first] + list(recorded)
+
+
+def _train(config: str, plan: Dict[str, Any], run_dir: Path, train_args: List[str], load: Optional[float]):
     """Train (or resume) the planned run; returns the run, its test top-1 and its sittings."""
     from .recipe import open_run
     run = open_run(run_dir, ['--config', config, '--epochs', str(plan['epochs']), *train_args])
-    if run.start_epoch < plan['epochs']:  # this sitting trains: recorded before its first epoch
-        plan = record_sitting(plan, run.start_epoch + 1, sitting)
-        _write_plan(run_dir, plan)
+    if load is not None:  # measured before this bench planned (and so loaded the machine)
+        run.sitting['load_average_1min'] = round(load, 2)
+    run.sittings = with_planned_sittings(plan, run.sittings, run.start_epoch + 1)
     try:
         run.run()
-        return run, _test_top1(run), sitting_epochs(plan.get('sittings', []), plan['epochs'])
+        return run, _test_top1(run), sitting_epochs(run.sittings, plan['epochs'])
     finally:
         run.close()
 
@@ -333,9 +325,7 @@ def run(args, argv) -> int:
             f' ({plan["epochs_fitting"]} would fit; the epochs were fixed with --epochs)'
         log(f'{name}: {plan["epochs"]} epochs planned for {args.minutes} min{asked} '
             f'({plan["train_seconds_per_epoch"]:.1f} s per epoch, amp {plan["amp"]}, channels_last {plan["channels_last"]})')
-        sitting = dict(date=folder.provenance['date'], git_commit=folder.provenance['git_commit'],
-                       load_average_1min=load)
-        trained, test_top1, sittings = _train(config, plan, run_dir, train_args, sitting)
+        trained, test_top1, sittings = _train(config, plan, run_dir, train_args, load)
         points = curve_rows(trained.args.model, trained.history)
         row = dict(model=trained.args.model, config=config, epochs=plan['epochs'], budget_minutes=args.minutes,
                    train_minutes=points[-1]['train_minutes'])
