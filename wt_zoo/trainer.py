@@ -206,7 +206,9 @@ class TrainingRun:
 
     Construction does the set-up in the order the pieces depend on each other (dataset defaults,
     model, loaders, fast-path choice, optimizer, schedule, resume). Benches may stop there and use
-    :meth:`seconds_per_epoch` to plan a budget without training.
+    :meth:`seconds_per_epoch` to plan a budget without training. ``sitting`` (this process's record) and
+    ``sittings`` (the run's earlier ones, from the checkpoint) may be amended before :meth:`run` by a caller that
+    knows more (a load measured before its own planning, sittings it kept before train.py recorded them).
     """
 
     def __init__(self, args):
