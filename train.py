@@ -13,7 +13,7 @@ this file is its command line.
 import logging
 import sys
 
-from wt_zoo.trainer import TrainingRun, TrainingStopped, build_train_parser as build_parser, \
+from wt_zoo.trainer import OutputFolderInUse, TrainingRun, TrainingStopped, build_train_parser as build_parser, \
     parse_train_args as parse_args
 
 _logger = logging.getLogger('train')
@@ -31,6 +31,8 @@ def main(argv=None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     try:
         run.run(progress=not args.no_progress and sys.stderr.isatty())
+    except OutputFolderInUse as e:
+        raise SystemExit(f'error: {e}')
     except TrainingStopped as e:
         if run.ctx.is_primary:
             _logger.error(str(e))

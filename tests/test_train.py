@@ -158,12 +158,18 @@ def test_image_folder_is_the_default_dataset_as_in_timm(tmp_path):
     """A timm user leaves --dataset out for an image folder (DIR/train/<class>/, DIR/validation/<class>/)."""
     from test_data import write_image_folder
     write_image_folder(tmp_path / 'data', per_class=8, size=16)
-    train.main(['--model', 'wt_resnet_tiny', '--data-dir', str(tmp_path / 'data'), '--img-size', '16', '-b', '8',
-                '--epochs', '1', '--workers', '0', '--output', str(tmp_path), '--experiment', 'folder',
-                '--no-progress'])
+    argv = ['--model', 'wt_resnet_tiny', '--data-dir', str(tmp_path / 'data'), '--img-size', '16', '-b', '8',
+            '--epochs', '1', '--workers', '0', '--output', str(tmp_path), '--experiment', 'folder', '--no-progress']
+    train.main(argv)
     row, = read_summary(tmp_path / 'folder')
     assert row['train_samples'] == '24' and float(row['eval_top1']) >= 0
     assert yaml.safe_load((tmp_path / 'folder' / 'args.yaml').read_text())['num_classes'] == 3
+    # the same command again (a recipe names its --experiment) leaves the finished run as it is
+    files = {p.name: p.read_bytes() for p in (tmp_path / 'folder').iterdir()}
+    with pytest.raises(SystemExit, match=r'folder holds another run \(last.pth.tar\), which this run would '
+                                         r'overwrite; continue it with --resume .*folder, or name another'):
+        train.main(argv)
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'folder').iterdir()} == files
 
 
 KILL_DURING_SECOND_EPOCH_SAVE = textwrap.dedent('''

@@ -20,8 +20,8 @@ import torch
 from . import data as wt_data
 from . import training as wt_training
 
-__all__ = ['TrainingRun', 'TrainingStopped', 'SWITCHES', 'OPT_IMPLS', 'switch_value', 'build_train_parser',
-           'parse_train_args']
+__all__ = ['TrainingRun', 'TrainingStopped', 'OutputFolderInUse', 'SWITCHES', 'OPT_IMPLS', 'switch_value',
+           'build_train_parser', 'parse_train_args']
 
 _logger = logging.getLogger('train')
 
@@ -47,6 +47,10 @@ _RECIPE_KEYS = ('model', 'epochs', 'batch_size', 'lr', 'opt', 'weight_decay', 's
 
 class TrainingStopped(RuntimeError):
     """A run stopped early (NaN/Inf loss); the message says where and which checkpoint was kept."""
+
+
+class OutputFolderInUse(ValueError):
+    """The run folder holds another run's checkpoint, which a new run would overwrite."""
 
 
 def switch_value(name: str, value: Any) -> str:
@@ -590,6 +594,12 @@ class TrainingRun:
         if not self.ctx.is_primary:
             return
         self.out_dir = self.output_dir()
+        taken = self.out_dir / wt_training.LAST_CHECKPOINT
+        resuming_it = self.resumed_from is not None and self.resumed_from.parent.resolve() == self.out_dir.resolve()
+        if taken.is_file() and not resuming_it:
+            raise OutputFolderInUse(f'{self.out_dir} holds another run ({taken.name}), which this run would overwrite; '
+                                    f'continue it with --resume {self.out_dir}, or name another --experiment or '
+                                    '--output')
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.start_epoch < self.num_epochs:
             self.sittings = wt_training.record_sitting(self.sittings, self.start_epoch + 1, self.sitting)
