@@ -431,6 +431,16 @@ def test_deq_solver_solves_further_only_when_asked_and_never_reads_test(tmp_path
     assert further['solver_cap'] == 20 and 12 < further['solver_nstep'] <= 20  # f_tol 1e-3 is not reached in 12
     assert further['solver_rel_residual'] <= trained_cap['solver_rel_residual']
     assert {r['split'] for r in rows} == {'val'} and {r['samples'] for r in rows} == {32}
+    assert {r['f_solver'] for r in rows} == {'anderson'}  # the solver the tag trained with, unless asked
+    # another forward solver, asked for: solved with it (its own iterations), named in the rows and the choice
+    assert bench_main(['deq-solver', 'deq_resnet_tiny.c10', '--eval-f-max-iter', '0', '--f-solvers', 'broyden',
+                       '--eval-subset', '32', '--out', str(out)]) == 0
+    other, = check_tables(out, 'solver')['solver']
+    assert other['f_solver'] == 'broyden' and other['solver_cap'] == 12 and other['solver_nstep'] <= 12
+    assert other['solver_rel_residual'] != trained_cap['solver_rel_residual']
+    assert 'with broyden at eval_f_max_iter 0' in (out / 'README.md').read_text()
+    with pytest.raises(SystemExit, match='--f-solvers: unknown newton; valid choices: anderson, broyden'):
+        bench_main(['deq-solver', 'deq_resnet_tiny.c10', '--f-solvers', 'newton', '--out', str(out)])
 
 
 def test_deq_solver_needs_a_held_out_split(tmp_path):

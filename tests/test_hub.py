@@ -213,6 +213,24 @@ def test_export_writes_the_tags_own_model_arguments_and_verify_ties_them_to_the_
     with pytest.raises(HubFolderError, match='chose eval_f_max_iter=24 .* builds eval_f_max_iter=48'):
         hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / 'hub', overwrite=True,
                               solver_choices_dir=solver)
+    # solvers compared too: the chosen one is named, bold in its row, and the tag must build it
+    compared = [dict(row, f_solver='anderson') for row in caps] + [dict(caps[1], f_solver='broyden', top1=70.9)]
+    (solver / 'solver.json').write_text(json.dumps(compared))
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=24))
+    with pytest.raises(HubFolderError, match='chose eval_f_max_iter=24, f_solver=broyden .* builds eval_f_max_iter=24, '
+                                             'f_solver=anderson: set it in TAG_MODEL_ARGS'):
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / 'hub', overwrite=True,
+                              solver_choices_dir=solver)
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=24, f_solver='broyden'))
+    hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / 'hub', overwrite=True,
+                          solver_choices_dir=solver)
+    card = (folder / 'README.md').read_text()
+    assert 'solves with **broyden, eval_f_max_iter=24**' in card
+    assert '| broyden | **24** | 24 | 70.90 | 23.5 | 0.030 |' in card and '| anderson | 24 | 24 | 70.60 |' in card
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=24))
+    (solver / 'solver.json').write_text(json.dumps(caps))
+    hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / 'hub', overwrite=True,
+                          solver_choices_dir=solver)
     monkeypatch.delitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10')  # the name now builds the training cap only
     assert any('build a different model' in p and 'eval_f_max_iter' in p
                for p in hub.verify_folder(folder, check_registration=False))

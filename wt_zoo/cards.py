@@ -441,7 +441,8 @@ def recipe_choices(ablation_dir: Path, chosen: str) -> Dict[str, Any]:
 
 
 def choose_solver_cap(rows: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """One tag's ``bench deq-solver`` rows -> the cap with the best held-out top-1, the cheaper cap on a tie."""
+    """One tag's ``bench deq-solver`` rows -> the solver and cap with the best held-out top-1, the fewer
+    iterations on a tie."""
     return max(rows, key=lambda r: (r['top1'], -r['solver_nstep']))
 
 
@@ -459,24 +460,41 @@ def solver_choices(results_dir: Path, name: str) -> Dict[str, Any]:
     if not rows:
         raise HubFolderError(f'{folder}: measured no solver cap for {name}')
     machine = run.get('machine') or {}
-    return dict(command=run['command'], git_commit=run['git_commit'], date=run.get('date'),
-                cpu=machine.get('cpu_model'), chosen=choose_solver_cap(rows)['eval_f_max_iter'], caps=rows)
+    best = choose_solver_cap(rows)
+    record = dict(command=run['command'], git_commit=run['git_commit'], date=run.get('date'),
+                  cpu=machine.get('cpu_model'), chosen=best['eval_f_max_iter'], caps=rows)
+    if 'f_solver' in best:  # folders measured before solvers were compared tried the trained one only
+        record['chosen_solver'] = best['f_solver']
+    return record
 
 
 def _solver_choice_lines(choices: Dict[str, Any]) -> List[str]:
-    caps = choices['caps']
-    lines = [
-        '## How the test-time solver cap was chosen', '',
-        f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`) validated these '
-        f'weights on {caps[0]["samples"]:,} images held out of the training split once per cap '
-        '(`eval_f_max_iter`, 0 = the training cap); the best held-out top-1 wins, the cheaper cap on a tie. '
-        f'This checkpoint solves with **eval_f_max_iter={choices["chosen"]}**.', '',
-        '| eval_f_max_iter | solver cap | held-out top-1 (%) | mean iterations | mean rel. residual |',
-        '|---|---|---|---|---|',
-    ]
+    caps, solver = choices['caps'], choices.get('chosen_solver')
+    if solver is None:  # the trained solver alone, at each cap
+        lines = [
+            '## How the test-time solver cap was chosen', '',
+            f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`) validated '
+            f'these weights on {caps[0]["samples"]:,} images held out of the training split once per cap '
+            '(`eval_f_max_iter`, 0 = the training cap); the best held-out top-1 wins, the cheaper cap on a tie. '
+            f'This checkpoint solves with **eval_f_max_iter={choices["chosen"]}**.', '',
+            '| eval_f_max_iter | solver cap | held-out top-1 (%) | mean iterations | mean rel. residual |',
+            '|---|---|---|---|---|',
+        ]
+    else:
+        lines = [
+            '## How the test-time solver was chosen', '',
+            f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`) validated '
+            f'these weights on {caps[0]["samples"]:,} images held out of the training split once per forward solver '
+            'and cap (`eval_f_max_iter`, 0 = the training cap); the best held-out top-1 wins, the fewer iterations '
+            f'on a tie. This checkpoint solves with **{solver}, eval_f_max_iter={choices["chosen"]}**.', '',
+            '| solver | eval_f_max_iter | solver cap | held-out top-1 (%) | mean iterations | mean rel. residual |',
+            '|---|---|---|---|---|---|',
+        ]
     for row in caps:
-        cap = f'**{row["eval_f_max_iter"]}**' if row['eval_f_max_iter'] == choices['chosen'] else row['eval_f_max_iter']
-        lines.append(f'| {cap} | {row["solver_cap"]} | {row["top1"]:.2f} | {row["solver_nstep"]:.1f} | '
+        chosen = row['eval_f_max_iter'] == choices['chosen'] and row.get('f_solver') == solver
+        cap = f'**{row["eval_f_max_iter"]}**' if chosen else row['eval_f_max_iter']
+        lines.append(('' if solver is None else f'| {row["f_solver"]} ')
+                     + f'| {cap} | {row["solver_cap"]} | {row["top1"]:.2f} | {row["solver_nstep"]:.1f} | '
                      f'{row["solver_rel_residual"]:.3f} |')
     return lines + ['']
 

@@ -587,11 +587,15 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
         check_chosen_settings(choice_record, args, run_dir / ARGS_FILE)
     solver_record = solver_choices(solver_choices_dir, name) if solver_choices_dir is not None else None
     if solver_record is not None:
-        builds = getattr(model, 'deq_args', {}).get('eval_f_max_iter')
-        if builds != solver_record['chosen']:
+        chosen = dict(eval_f_max_iter=solver_record['chosen'])
+        if 'chosen_solver' in solver_record:
+            chosen['f_solver'] = solver_record['chosen_solver']
+        builds = {key: getattr(model, 'deq_args', {}).get(key) for key in chosen}
+        if builds != chosen:
+            say = lambda settings: ', '.join(f'{k}={v}' for k, v in settings.items())
             raise HubFolderError(
-                f'{solver_choices_dir}: chose eval_f_max_iter={solver_record["chosen"]} for {name}, but the tag builds '
-                f'eval_f_max_iter={builds}: set it in TAG_MODEL_ARGS beside the family\'s default_cfgs')
+                f'{solver_choices_dir}: chose {say(chosen)} for {name}, but the tag builds {say(builds)}: set it in '
+                'TAG_MODEL_ARGS beside the family\'s default_cfgs')
     rows = read_result_rows(results_file)
     row = select_result_row(rows, name, results_file)
     problems = results_problems(validation_figures(row, results_file), model, name, results_file)
