@@ -470,26 +470,20 @@ def solver_choices(results_dir: Path, name: str) -> Dict[str, Any]:
 
 def _solver_choice_lines(choices: Dict[str, Any]) -> List[str]:
     caps, solver = choices['caps'], choices.get('chosen_solver')
-    if solver is None:  # the trained solver alone, at each cap
-        lines = [
-            '## How the test-time solver cap was chosen', '',
-            f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`) validated '
-            f'these weights on {caps[0]["samples"]:,} images held out of the training split once per cap '
-            '(`eval_f_max_iter`, 0 = the training cap); the best held-out top-1 wins, the cheaper cap on a tie. '
-            f'This checkpoint solves with **eval_f_max_iter={choices["chosen"]}**.', '',
-            '| eval_f_max_iter | solver cap | held-out top-1 (%) | mean iterations | mean rel. residual |',
-            '|---|---|---|---|---|',
-        ]
-    else:
-        lines = [
-            '## How the test-time solver was chosen', '',
-            f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`) validated '
-            f'these weights on {caps[0]["samples"]:,} images held out of the training split once per forward solver '
-            'and cap (`eval_f_max_iter`, 0 = the training cap); the best held-out top-1 wins, the fewer iterations '
-            f'on a tie. This checkpoint solves with **{solver}, eval_f_max_iter={choices["chosen"]}**.', '',
-            '| solver | eval_f_max_iter | solver cap | held-out top-1 (%) | mean iterations | mean rel. residual |',
-            '|---|---|---|---|---|---|',
-        ]
+    compared = solver is not None  # folders measured before solvers were compared tried the trained one only
+    chosen = f'{solver}, eval_f_max_iter={choices["chosen"]}' if compared else f'eval_f_max_iter={choices["chosen"]}'
+    lines = [
+        f'## How the test-time solver{"" if compared else " cap"} was chosen', '',
+        f'On the held-out split only: `{choices["command"]}` (commit `{choices["git_commit"][:10]}`) validated '
+        f'these weights on {caps[0]["samples"]:,} images held out of the training split once per '
+        + ('forward solver and cap' if compared else 'cap')
+        + ' (`eval_f_max_iter`, 0 = the training cap); the best held-out top-1 wins, the '
+        + ('fewer iterations' if compared else 'cheaper cap') + f' on a tie. This checkpoint solves with **{chosen}**.',
+        '',
+        ('| solver ' if compared else '') + '| eval_f_max_iter | solver cap | held-out top-1 (%) | mean iterations | '
+        'mean rel. residual |',
+        ('|---' if compared else '') + '|---|---|---|---|---|',
+    ]
     for row in caps:
         chosen = row['eval_f_max_iter'] == choices['chosen'] and row.get('f_solver') == solver
         cap = f'**{row["eval_f_max_iter"]}**' if chosen else row['eval_f_max_iter']
