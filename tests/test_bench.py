@@ -559,7 +559,7 @@ def test_budget_times_a_recipe_named_twice_once_and_counts_it_twice(fake_cifar10
     plan_file = tmp_path / 'plan.json'
     assert bench_main(['budget', config, config, '--minutes', '0.5', '--json', str(plan_file),
                        f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 -b 32 '
-                       '--val-split-size 64 --amp off --channels-last off']) == 0
+                       '--progressive-min-size 0 --val-split-size 64 --amp off --channels-last off']) == 0
     plan = json.loads(plan_file.read_text())
     first, second = plan['recipes']
     assert first == second  # one timing (two would differ in their last digits), counted for both variants
@@ -764,7 +764,7 @@ def test_time_to_accuracy_trains_within_its_plan_merges_and_resumes(fake_cifar10
     from conftest import REPO_ROOT
     out, runs = tmp_path / 'results', tmp_path / 'runs'
     flags = (f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 -b 32 '
-             '--val-split-size 64 --amp off --channels-last off')
+             '--progressive-min-size 0 --val-split-size 64 --amp off --channels-last off')
     config = str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml')
     argv = ['time-to-accuracy', config, '--minutes', '0.2', '--runs', str(runs), '--out', str(out), flags]
     assert bench_main(argv) == 0
@@ -829,7 +829,7 @@ def test_time_to_accuracy_final_run_trains_on_every_image_and_reports_the_whole_
     argv = ['time-to-accuracy', str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml'), '--minutes', '0.2',
             '--whole-train-split', '--runs', str(runs), '--out', str(out),
             f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 -b 32 '
-            '--val-split-size 64 --amp off --channels-last off']  # the final run overrides the recipe's split
+            '--progressive-min-size 0 --val-split-size 64 --amp off --channels-last off']  # the final run overrides the split
     assert bench_main(argv) == 0
     row, = check_tables(out, 'final')['final']
     assert row['whole_train_split'] and row['train_images'] == 320  # nothing held out of the 320 training images
@@ -847,7 +847,8 @@ def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_
     out = tmp_path / 'speed'
     argv = ['train-speed', str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml'), '--batch-sizes', '16',
             '--compile', '--matmul-size', '128', '--data-batches', '2', '--sweep-batch-sizes', '--out', str(out),
-            f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 --val-split-size 64']
+            f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 '
+            '--progressive-min-size 0 --val-split-size 64']
     assert bench_main(argv) == 0
     rows = check_tables(out, 'speed')['speed']
     check_provenance(out, 'train-speed')
@@ -877,8 +878,8 @@ def test_train_speed_times_batch_sizes_and_optimizer_implementations_on_the_chos
     argv = ['train-speed', str(REPO_ROOT / 'configs' / 'wt_resnet_tiny.c10.yaml'), '--batch-sizes', '8', '16',
             '--compile', '--matmul-size', '64', '--data-batches', '1', '--sweep-batch-sizes', '8', '32', '512',
             '--opt-impls', 'default', 'foreach', 'fused', '--sweep-rounds', '1', '--out', str(out),
-            f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 --val-split-size 64 '
-            '--model-kwargs width=16 depth=2']
+            f'--train-args=--data-dir {fake_cifar10} --data-cache {data_cache} --img-size 16 --progressive-min-size 0 '
+            '--val-split-size 64 --model-kwargs width=16 depth=2']
     assert bench_main(argv) == 0
     tables = check_tables(out, 'speed', 'batch_optimizer')
     chosen = [r for r in tables['speed'] if r.get('chosen') and r['batch_size'] == 16]
