@@ -186,8 +186,8 @@ def validate_one(name: str, args, ctx) -> Dict[str, object]:
         first_batch = next(iter(loader))[0][:64]
         row.update(_gflops(model, input_size, first_batch))
     row.update(dataset=spec.name or spec.dataset, split=args.split, samples=metrics['samples'],
-               device=str(ctx.device), input_size='x'.join(str(s) for s in input_size), batch_size=args.batch_size,
-               amp=bool(args.amp))
+               device=str(ctx.device), hardware=wt_training.describe_hardware(ctx.device),
+               input_size='x'.join(str(s) for s in input_size), batch_size=args.batch_size, amp=bool(args.amp))
     return row
 
 

@@ -885,6 +885,29 @@ def test_results_table_is_read_from_the_folders_results_files(published, monkeyp
     assert table[0].startswith('| model | tag | top-1 |') and len(table) == 2 + len(rows)
 
 
+def test_card_and_table_name_the_machine_that_measured_inference_speed(tmp_path, monkeypatch):
+    """Tags are validated on different machines, so images/s names the one validate.py recorded; rows from before
+    it recorded one keep naming the device."""
+    out = tmp_path / 'hub_configs'
+    measured = {}
+    for name, machine in (('wt_resnet_tiny.c10', 'CPU (Xeon under test, 2 threads)'), ('wtsm_resnet_tiny.c10', None)):
+        run = make_run(tmp_path, name)
+        if machine:
+            results = json.loads((run / 'results.json').read_text())
+            results[0]['hardware'] = machine
+            (run / 'results.json').write_text(json.dumps(results))
+        measured[name] = hub.export_checkpoint(run, run / 'results.json', hub_configs=out)
+    card = (measured['wt_resnet_tiny.c10'] / 'README.md').read_text()
+    assert '- images/s: inference throughput on CPU (Xeon under test, 2 threads) at batch size 256.' in card
+    assert '- images/s: inference throughput on `cpu` at batch size 256.' in (
+        measured['wtsm_resnet_tiny.c10'] / 'README.md').read_text()
+    monkeypatch.setenv(HUB_CONFIGS_ENV, str(out))
+    rows = {f'{row["model"]}.{row["tag"]}': row for row in hub.results_rows()}
+    assert rows['wt_resnet_tiny.c10']['eval_machine'] == 'CPU (Xeon under test, 2 threads)'
+    assert rows['wtsm_resnet_tiny.c10']['eval_machine'] == 'cpu'
+    assert '| 974 (CPU (Xeon under test, 2 threads)) |' in hub.results_table()
+
+
 def test_push_dry_run_lists_every_file_and_needs_no_token(published, monkeypatch, capsys):
     monkeypatch.delenv('HF_TOKEN', raising=False)
     assert hub.main(['push', '--dry-run', '--hub-configs', str(published['hub_configs'])]) == 0

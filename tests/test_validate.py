@@ -68,6 +68,7 @@ def test_results_csv_and_json_hold_the_figures_of_a_hand_evaluation(exported_tin
     assert row['images_per_s'] > 0
     assert (row['model'], row['dataset'], row['split'], row['device'], row['input_size']) == (
         'wt_resnet_tiny', 'cifar10', 'test', 'cpu', '3x32x32')
+    assert row['hardware'] == wt_training.describe_hardware(torch.device('cpu'))  # cards name the machine
     # the CSV holds the same figures as the JSON
     for key in ('top1', 'top5', 'loss', 'params', 'gflops', 'samples'):
         assert float(csv_rows[0][key]) == pytest.approx(float(row[key]), rel=1e-9), key

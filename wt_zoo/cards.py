@@ -112,7 +112,7 @@ _RESULT_KEYS = {
     'params': ('params', 'param_count'), 'gflops': ('gflops',), 'effective_gflops': ('effective_gflops',),
     'deq_iterations': ('deq_iterations',), 'solver_nstep': ('solver_nstep',),
     'solver_rel_residual': ('solver_rel_residual',), 'solver_rel_residual_max': ('solver_rel_residual_max',),
-    'dataset': ('dataset',), 'split': ('split',), 'device': ('device',),
+    'dataset': ('dataset',), 'split': ('split',), 'device': ('device',), 'hardware': ('hardware',),
     'input_size': ('input_size', 'img_size'), 'batch_size': ('batch_size',), 'samples': ('samples',),
     'model': ('model', 'model_name'),
 }
@@ -214,7 +214,7 @@ def validation_figures(row: Dict[str, Any], path: Path) -> Dict[str, Any]:
         value = _get(row, field)
         if value is None:
             continue
-        if field in ('dataset', 'split', 'device', 'input_size', 'model'):
+        if field in ('dataset', 'split', 'device', 'hardware', 'input_size', 'model'):
             out[field] = str(value)
         elif field in ('params', 'batch_size', 'samples'):
             out[field] = int(_number(value, field, path))
@@ -573,7 +573,8 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
            if 'effective_gflops' in val else '')
         + (f'; the DEQ solver used {val["deq_iterations"]:.1f} iterations per stage on average, and the count is '
            'taken at that many iterations' if 'deq_iterations' in val else '') + '.',
-        f'- images/s: inference throughput on `{val["device"]}`'
+        # the machine where validate.py recorded it (it differs from tag to tag), else the device
+        '- images/s: inference throughput on ' + (val['hardware'] if 'hardware' in val else f'`{val["device"]}`')
         + (f' at batch size {val["batch_size"]}' if 'batch_size' in val else '') + '.',
     ]
     if 'solver_rel_residual' in val:

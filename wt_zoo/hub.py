@@ -784,7 +784,8 @@ def results_rows(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
         train = training_figures(read_args(folder / TRAIN_ARGS), read_summary(folder / TRAIN_SUMMARY))
         arch, tag = name.split('.')
         rows.append(dict(model=arch, tag=tag, top1=val['top1'], top5=val['top5'], params=val['params'],
-                         gflops=val['gflops'], images_per_s=val['images_per_s'], eval_device=val['device'],
+                         gflops=val['gflops'], images_per_s=val['images_per_s'],
+                         eval_machine=val.get('hardware') or val['device'],  # rows validated before it was recorded
                          deq_iterations=val.get('deq_iterations'), trained_on=train['hardware'],
                          amp_dtype=train['amp_dtype'],
                          epochs=train['epochs_run'], wall_seconds=train['wall_seconds']))
@@ -810,7 +811,7 @@ def results_table(names: Iterable[str] = ()) -> str:
         its = f'{row["deq_iterations"]:.1f}' if row['deq_iterations'] is not None else '–'
         trained_on = row['trained_on'] + (f', {row["amp_dtype"]} autocast' if row['amp_dtype'] else '')
         lines.append(f'| {row["model"]} | {row["tag"]} | {row["top1"]:.2f} | {row["top5"]:.2f} | {row["params"] / 1e6:.3f} '
-                     f'| {row["gflops"]:.4f} | {row["images_per_s"]:,.0f} ({row["eval_device"]}) | {its} '
+                     f'| {row["gflops"]:.4f} | {row["images_per_s"]:,.0f} ({row["eval_machine"]}) | {its} '
                      f'| {trained_on} | {row["epochs"]} | {wall} | {per_epoch} |')
     return '\n'.join(lines)
 
