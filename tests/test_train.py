@@ -105,7 +105,7 @@ def test_auto_switches_time_every_combination_and_keep_the_fastest(fake_cifar10,
     from wt_zoo.trainer import TrainingRun
     timed = []
 
-    def fake_seconds(self, amp=None, channels_last=None, steps=3, warmup=2):
+    def fake_seconds(self, amp=None, channels_last=None, steps=3, warmup=2, give_up_after=None):
         timed.append((amp, channels_last))
         return 0.1 if (amp, channels_last) == (False, True) else 0.2  # fp32 + channels_last is fastest here
 
@@ -138,6 +138,40 @@ def test_seconds_per_step_leaves_the_run_untouched(fake_cifar10, tmp_path):
     assert run.seconds_per_step(steps=1, warmup=1) > 0
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
     assert torch.equal(rng, torch.random.get_rng_state()) and not run.optimizer.state
+
+
+def test_seconds_per_step_gives_up_after_one_slow_step(fake_cifar10, tmp_path):
+    from wt_zoo.trainer import TrainingRun
+    run = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'probe', '--train-subset', '64')))
+    calls = []
+    loss_fn = run.train_loss_fn
+    run.train_loss_fn = lambda *a: calls.append(1) or loss_fn(*a)
+    run.seconds_per_step(steps=2, warmup=2, give_up_after=1e-9)
+    assert len(calls) == 1  # the first warm-up step was over the limit: nothing more timed
+    calls.clear()
+    run.seconds_per_step(steps=2, warmup=2, give_up_after=1e9)
+    assert len(calls) == 4
+
+
+def test_auto_switches_give_up_on_a_hopeless_option(fake_cifar10, tmp_path, monkeypatch):
+    """bf16 without native support can take minutes a step: once an option is 3x the fastest, stop timing it."""
+    from wt_zoo.trainer import GIVE_UP_FACTOR, TrainingRun
+    limits = {}
+
+    def fake_seconds(self, amp=None, channels_last=None, steps=3, warmup=2, give_up_after=None):
+        limits[(amp, channels_last)] = give_up_after
+        if amp:  # what a real step returns when its first warm-up step is over the limit
+            return give_up_after * 1.5 if give_up_after is not None else 50.0
+        return 0.1 if channels_last else 0.2
+
+    monkeypatch.setattr(TrainingRun, 'seconds_per_step', fake_seconds)
+    run = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'auto', '--train-subset', '64',
+                                                       '--amp', 'auto', '--channels-last', 'auto')))
+    fastest_fp32 = pytest.approx(GIVE_UP_FACTOR * 0.1)
+    assert limits == {(False, False): None, (False, True): pytest.approx(GIVE_UP_FACTOR * 0.2),
+                      (True, False): fastest_fp32, (True, True): fastest_fp32}
+    assert [('timed' in row) for row in run.fast_path_timings] == [False, False, True, True]
+    assert run.args.amp == 'off' and run.args.channels_last == 'on'
 
 
 @pytest.mark.slow

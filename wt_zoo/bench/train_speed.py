@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..trainer import OPT_IMPLS
+from ..trainer import GIVE_UP_FACTOR, OPT_IMPLS
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 from .efficiency import PEAK_CONV_SHAPE, kernel_peaks
 
@@ -90,7 +90,9 @@ def measure(config: str, batch_size: int, train_args: List[str], with_compile: b
     try:
         base = dict(model=args.model.split('.')[0], batch_size=batch_size, hardware=describe_hardware(run.ctx.device))
         amp_precision = _PRECISIONS.get(args.amp_dtype, args.amp_dtype)
-        rows = [dict(base, path=_path_name(t['amp'], t['channels_last']), images_per_s=t['images_per_s'],
+        rows = [dict(base, path=_path_name(t['amp'], t['channels_last'])
+                     + (f' (one warm-up step: given up, over {GIVE_UP_FACTOR}x slower)' if t.get('timed') else ''),
+                     images_per_s=t['images_per_s'],
                      precision=amp_precision if t['amp'] else 'fp32',
                      chosen=(t['amp'], t['channels_last']) == (args.amp == 'on', args.channels_last == 'on'))
                 for t in run.fast_path_timings]
