@@ -282,6 +282,30 @@ def test_card_shows_progressive_resizing_only_for_runs_that_used_it(tmp_path):
         assert ('| progressive_end | 0.75 |' in card) == bool(min_size)
 
 
+def test_card_says_which_epoch_the_published_weights_are(tmp_path):
+    """train.py exports its best epoch (the EMA's when kept), so the card must not pass the last epoch off as them."""
+    cards = {}
+    for label, ema in (('ema', (61.0, 63.5, 63.5)), ('raw', None)):
+        run = make_run(tmp_path / label, 'wt_resnet_tiny.c10')
+        with open(run / 'summary.csv', newline='') as f:
+            rows = list(csv.DictReader(f))
+        for row, ema_top1 in zip(rows, ema or [''] * len(rows)):
+            row.update(ema_eval_loss='' if ema is None else 1.0, ema_eval_top1=ema_top1,
+                       ema_eval_top5='' if ema is None else 99.0)
+        with open(run / 'summary.csv', 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / label / 'hub')
+        cards[label] = (tmp_path / label / 'hub' / 'wt_resnet_tiny.c10' / 'README.md').read_text()
+    # the EMA's best score is first reached at epoch 2 and only tied at epoch 3: the trainer kept epoch 2
+    assert '- Last epoch: train loss 1.5000, evaluation top-1 50.00 % (EMA weights 63.50 %)' in cards['ema']
+    assert ('- Published weights: the EMA weights of epoch 2, the best evaluation top-1 (63.50 %); '
+            'train.py exports its best epoch, not its last.') in cards['ema']
+    assert '- Last epoch: train loss 1.5000, evaluation top-1 50.00 % on' in cards['raw']
+    assert '- Published weights: the weights of epoch 3, the best evaluation top-1 (50.00 %)' in cards['raw']
+
+
 def test_card_says_which_sittings_trained_a_resumed_run(tmp_path):
     xeon, epyc = 'CPU (Intel Xeon, 2 threads)', 'CPU (AMD EPYC, 2 threads)'
     first = dict(first_epoch=1, date='2026-12-06T07:54:10+00:00', git_commit='a' * 40, hardware=xeon,

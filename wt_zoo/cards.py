@@ -299,7 +299,22 @@ def training_figures(args: Dict[str, Any], summary: List[Dict[str, str]]) -> Dic
         amp_dtype=amp_dtype_used(args),
         world_size=int(float(last['world_size'])) if last.get('world_size') else 1,
         last=last,
+        published=published_epoch(args, summary),
     )
+
+
+def published_epoch(args: Dict[str, Any], summary: List[Dict[str, str]]) -> Optional[Dict[str, Any]]:
+    """The epoch whose weights train.py exported: its best evaluation score (the EMA's when kept), the first
+    epoch that reached it, as the trainer keeps it. None where the summary holds no evaluation figures."""
+    metric = args.get('eval_metric') or 'top1'
+    ema = all(row.get(f'ema_eval_{metric}') not in (None, '') for row in summary)
+    column = f'ema_eval_{metric}' if ema else f'eval_{metric}'
+    scores = _float_col(summary, column)
+    if not scores:
+        return None
+    pick = min if metric == 'loss' else max
+    index = scores.index(pick(scores))
+    return dict(epoch=index + 1, score=scores[index], metric=metric, ema=ema)
 
 
 def _duration(seconds: float) -> str:
@@ -623,12 +638,19 @@ def render_card(folder: Path, name: Optional[str] = None, model=None) -> str:
     ]
     if train['sittings']:
         lines.append(_sittings_line(train['sittings']))
-    last = train['last']
+    last, published = train['last'], train['published']
+    split = ('the held-out part of the training split' if args.get('val_split_size') else
+             f'the evaluation split train.py used (see `{TRAIN_ARGS}`)')
     if last.get('eval_top1'):
+        ema = f' (EMA weights {float(last["ema_eval_top1"]):.2f} %)' if last.get('ema_eval_top1') else ''
         lines.append(f'- Last epoch: train loss {float(last["train_loss"]):.4f}, evaluation top-1 '
-                     f'{float(last["eval_top1"]):.2f} % on '
-                     + ('the held-out part of the training split.' if args.get('val_split_size') else
-                        f'the evaluation split train.py used (see `{TRAIN_ARGS}`).'))
+                     f'{float(last["eval_top1"]):.2f} %{ema} on {split}.')
+    if published:
+        score = (f'evaluation loss ({published["score"]:.4f})' if published['metric'] == 'loss' else
+                 f'evaluation {published["metric"].replace("top", "top-")} ({published["score"]:.2f} %)')
+        lines.append('- Published weights: ' + ('the EMA weights' if published['ema'] else 'the weights')
+                     + f' of epoch {published["epoch"]}, the best {score}; train.py exports its best epoch, '
+                     'not its last.')
     lines += ['', '| setting | value |', '|---|---|']
     shown = dict(args, amp_dtype=train['amp_dtype']) if train['amp_dtype'] else dict(args)
     if not shown.get('progressive_min_size'):  # off: its end fraction is only the flag's default
