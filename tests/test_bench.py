@@ -854,6 +854,8 @@ def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_
     check_provenance(out, 'train-speed')
     paths = [r['path'] for r in rows]
     assert paths[:4] == ['fp32', 'fp32 + channels_last', 'bf16 autocast', 'bf16 autocast + channels_last']
+    # a path auto gave up on (bf16 on a CPU without native bf16) keeps its name; the note says so
+    assert all(r.get('note') in (None, 'one warm-up step: given up, over 3x the fastest') for r in rows)
     chosen = [r for r in rows if r.get('chosen')]
     assert len(chosen) == 1 and chosen[0]['images_per_s'] == max(r['images_per_s'] for r in rows[:4])
     auto = rows[4]
@@ -864,8 +866,10 @@ def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_
     assert set(peaks) == {'fp32', 'bf16'} and all(p['gflops_per_s'] == max(p['kernels'].values()) for p in peaks.values())
     for row in rows[:5]:
         assert row['precision'] == ('bf16' if 'bf16' in row['path'] else 'fp32')
-        assert row['of_peak'] == pytest.approx(row['train_gflops_per_s'] / peaks[row['precision']]['gflops_per_s'],
-                                               abs=2e-3)
+        peak = peaks[row['precision']]['gflops_per_s']
+        # both GFLOP/s figures are kept to 0.1: on a CPU without native bf16 its peak is a few GFLOP/s at this size
+        rounding = 0.05 / peak * (1 + row['train_gflops_per_s'] / peak)
+        assert row['of_peak'] == pytest.approx(row['train_gflops_per_s'] / peak, abs=2e-3 + rounding)
     section = readme_section(out)
     assert '| wt_resnet_tiny | 16 |' in section and chosen[0]['path'] in section
 

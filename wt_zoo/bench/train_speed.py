@@ -90,11 +90,10 @@ def measure(config: str, batch_size: int, train_args: List[str], with_compile: b
     try:
         base = dict(model=args.model.split('.')[0], batch_size=batch_size, hardware=describe_hardware(run.ctx.device))
         amp_precision = _PRECISIONS.get(args.amp_dtype, args.amp_dtype)
-        rows = [dict(base, path=_path_name(t['amp'], t['channels_last'])
-                     + (f' (one warm-up step: given up, over {GIVE_UP_FACTOR}x slower)' if t.get('timed') else ''),
-                     images_per_s=t['images_per_s'],
+        rows = [dict(base, path=_path_name(t['amp'], t['channels_last']), images_per_s=t['images_per_s'],
                      precision=amp_precision if t['amp'] else 'fp32',
-                     chosen=(t['amp'], t['channels_last']) == (args.amp == 'on', args.channels_last == 'on'))
+                     chosen=(t['amp'], t['channels_last']) == (args.amp == 'on', args.channels_last == 'on'),
+                     note=f'one warm-up step: given up, over {GIVE_UP_FACTOR}x the fastest' if t.get('timed') else None)
                 for t in run.fast_path_timings]
         best = max(r['images_per_s'] for r in rows)
         again = batch_size / run.seconds_per_step()
@@ -210,7 +209,7 @@ def run(args, argv) -> int:
     columns = [Column('model', 'model'), Column('batch_size', 'batch'), Column('path', 'path'),
                Column('images_per_s', 'train img/s', '{:.0f}'), Column('chosen', 'auto picks', lambda v: 'yes' if v else ''),
                Column('of_best', 'of best', '{:.0%}'), Column('train_gflops_per_s', 'train GFLOP/s', '{:.0f}'),
-               Column('of_peak', 'of peak at its precision', '{:.0%}')]
+               Column('of_peak', 'of peak at its precision', '{:.0%}'), Column('note', 'note')]
     auto_rows = [r for r in rows if r['path'].startswith('auto:')]
     worst = min(auto_rows, key=lambda r: r['of_best']) if auto_rows else None
     verdict = (f'The path `auto` picks, timed again, runs at {worst["of_best"]:.0%} or more of the best path timed '
