@@ -125,6 +125,11 @@ def atomic_write_text(path: Union[str, Path], text: str) -> None:
     atomic_write_bytes(path, text.encode('utf-8'))
 
 
+def atomic_write_json(path: Union[str, Path], value: Any) -> None:
+    """``value`` (made :func:`plain`) as indented JSON, written atomically: results and plans survive a kill."""
+    atomic_write_text(path, json.dumps(plain(value), indent=2) + '\n')
+
+
 def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f))
 
@@ -475,7 +480,7 @@ def write_results(path: Union[str, Path], rows: List[Dict[str, Any]]) -> None:
     path = Path(path)
     ext = path.suffix.lower()
     if ext == '.json':
-        atomic_write_text(path, json.dumps(plain(rows), indent=2) + '\n')
+        atomic_write_json(path, rows)
     elif ext == '.csv':
         atomic_write_text(path, _csv_text(plain(rows)))
     else:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import torch
 
 
-from ..training import atomic_write_text, cpu_model, git_commit, parse_kwargs_value, plain, write_results
+from ..training import (atomic_write_json, atomic_write_text, cpu_model, git_commit, parse_kwargs_value, plain,
+                        write_results)
 
 __all__ = [
     'REPO_ROOT', 'FAST_RECIPE_ABLATION', 'ModelSpec', 'parse_model_specs', 'ResultsFolder', 'Column', 'markdown_table', 'machine_info',
@@ -243,7 +244,7 @@ class ResultsFolder:
                 self.provenance['machine']['load_average_1min_at_end'] = round(os.getloadavg()[0], 2)
         if extra:
             self.provenance.update(plain(extra))
-        atomic_write_text(self.path / 'run.json', json.dumps(self.provenance, indent=2) + '\n')
+        atomic_write_json(self.path / 'run.json', self.provenance)
         text = '\n\n'.join([f'# {title}', 'Produced by:\n\n' + self.provenance_markdown(), *sections]) + '\n'
         readme = self.path / 'README.md'
         atomic_write_text(readme, text)

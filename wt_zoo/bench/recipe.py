@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from ..training import LAST_CHECKPOINT, atomic_write_text, describe_hardware, parse_kwargs_value, plain
+from ..training import LAST_CHECKPOINT, atomic_write_json, describe_hardware, parse_kwargs_value, plain
 from .common import REPO_ROOT
 
 __all__ = ['open_run', 'recipe_file_settings', 'recipe_as_run', 'train_outcome', 'run_finished', 'model_kwargs_flags', 'add_recipe_arguments', 'fill_defaults', 'recipe_overrides', 'data_flags',
@@ -74,7 +74,7 @@ def _check_request(run_dir: Path, flags: List[str]) -> None:
                              '--runs folder (a run folder holds one run, never two spliced)')
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(request, indent=2) + '\n')
+        atomic_write_json(path, request)
 
 
 @contextlib.contextmanager
@@ -131,7 +131,7 @@ def train_outcome(run_dir: Path, flags: Sequence[str], location_flags: Sequence[
     outcome = _finished_outcome(run_dir, flags, location_flags, tta)
     if kept is not None:
         kept.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(kept, json.dumps(dict(request=_request(flags), outcome=outcome), indent=2) + '\n')
+        atomic_write_json(kept, dict(request=_request(flags), outcome=outcome))
     return outcome
 
 
@@ -144,7 +144,7 @@ def _finished_outcome(run_dir: Path, flags: List[str], location_flags: Sequence[
             return outcome
         with _quiet_run(run_dir, [*flags, *location_flags]) as run:  # a finished run lacking the TTA figure
             outcome[f'held_out_{_tta_key(tta)}'] = _tta_top1(run, run_dir, tta)  # gets it from its last checkpoint
-        atomic_write_text(path, json.dumps(plain(outcome), indent=2) + '\n')
+        atomic_write_json(path, outcome)
         return outcome
     status, error, diverged_epoch = 'ok', '', None
     tta_top1 = None
@@ -180,7 +180,7 @@ def _finished_outcome(run_dir: Path, flags: List[str], location_flags: Sequence[
                        residual_first=float(solving[0]['eval_solver_rel_residual']),
                        residual_last=float(solving[-1]['eval_solver_rel_residual']))
     outcome = plain(outcome)
-    atomic_write_text(path, json.dumps(outcome, indent=2) + '\n')
+    atomic_write_json(path, outcome)
     return outcome
 
 
@@ -196,7 +196,7 @@ def _restore_kept(kept: Path, run_dir: Path, flags: List[str], tta: str) -> None
             and not (run_dir / LAST_CHECKPOINT).is_file():
         raise SystemExit(f'error: {kept} keeps no --tta {tta} figure and {run_dir} no checkpoint to compute it from; '
                          'move the kept outcome away to train the run again')
-    atomic_write_text(run_dir / OUTCOME_FILE, json.dumps(outcome, indent=2) + '\n')
+    atomic_write_json(run_dir / OUTCOME_FILE, outcome)
 
 
 def _tta_key(mode: str) -> str:

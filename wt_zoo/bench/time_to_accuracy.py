@@ -30,7 +30,7 @@ import shlex
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..training import atomic_write_text, plain, sitting_epochs
+from ..training import atomic_write_json, sitting_epochs
 from .claims import Sources, resolution_and_source, row_recipe
 from .common import FAST_RECIPE_ABLATION, REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 from .recipe import recipe_as_run
@@ -177,7 +177,7 @@ def _plan(config: str, minutes: float, run_dir: Path, train_args: List[str],
 
 
 def _write_plan(run_dir: Path, plan: Dict[str, Any]) -> None:
-    atomic_write_text(run_dir / PLAN_FILE, json.dumps(plain(plan), indent=2) + '\n')
+    atomic_write_json(run_dir / PLAN_FILE, plan)
 
 
 def trained_by(row: Dict[str, Any]) -> str:

@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from ..training import atomic_write_text, plain
+from ..training import atomic_write_json
 from .common import REPO_ROOT, Column, ResultsFolder, log, markdown_table, warn_if_busy
 from .recipe import model_kwargs_flags, open_run
 
@@ -174,7 +174,7 @@ def _load_plan(budget_dir: Path, plan: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _write_plan(budget_dir: Path, plan: Dict[str, Any]) -> None:
-    atomic_write_text(budget_dir / PLAN_FILE, json.dumps(plain(plan), indent=2) + '\n')
+    atomic_write_json(budget_dir / PLAN_FILE, plan)
 
 
 def _test_metrics(run, test_subset: Optional[int]) -> Dict[str, Any]:
@@ -234,7 +234,7 @@ def _train(init: str, plan: Dict[str, Any], budget_dir: Path, test_subset: Optio
         amp=run.args.amp, channels_last=run.args.channels_last,
         hardware=describe_hardware(run.ctx.device, run.ctx.world_size), run_folder=str(run_dir),
         train_command=train_py, **provenance)
-    atomic_write_text(result_path, json.dumps(plain(row), indent=2) + '\n')
+    atomic_write_json(result_path, row)
     return row
 
 
