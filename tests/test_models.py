@@ -348,6 +348,7 @@ def test_deq_that_misses_tolerance_warns_once_and_returns_its_best_iterate():
             outputs = [model(torch.randn(1, 3, 32, 32)) for _ in range(3)]
     relevant = [w for w in caught if 'did not reach f_tol' in str(w.message)]
     assert len(relevant) == len(model.implicit_layers()), 'one warning per stage, not one per forward'
+    assert {w.filename for w in relevant} == {__file__}, 'the warning points at the line that ran the model'
     assert all(not s['converged'] and s['nstep'] <= 2 for s in model.solver_stats.values())
     assert all(torch.isfinite(out).all() for out in outputs)
 

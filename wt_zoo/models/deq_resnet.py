@@ -5,9 +5,12 @@ for this family: the solvers' convergence loops read tensor values on the host. 
 solver-driven layer (:class:`EquilibriumImplicit`) as a leaf, so symbolic tracing and torchvision's
 fx feature extraction work around it.
 """
+import sys
 import warnings
+from pathlib import Path
 from typing import Dict, List, Optional
 
+import timm
 import torch
 from torch import nn
 from timm.layers import register_notrace_module
@@ -87,11 +90,21 @@ class EquilibriumImplicit(nn.Module):
             warnings.warn(
                 f'DEQ solver did not reach f_tol={self.f_tol:g} (relative residual {stats.rel_residual:.3g} '
                 f'after {stats.nstep:.1f} iterations); returning its best iterate. Further misses are '
-                f'recorded in solver_stats without warning.', RuntimeWarning, stacklevel=2)
+                f'recorded in solver_stats without warning.', RuntimeWarning, stacklevel=_user_stacklevel())
         self.jac_loss = None
         if self.training and self.jac_reg_weight > 0 and torch.is_grad_enabled():
             self.jac_loss = jacobian_penalty(func, z_star)
         return z_star
+
+
+def _user_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel for the first caller outside torch, timm and wt_zoo: the user's line that ran
+    the model, not ``Module._call_impl``. Call it from the function that warns."""
+    roots = tuple(str(Path(package.__file__).parent) for package in (torch, timm)) + (str(Path(__file__).parents[1]),)
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(roots):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class EquilibriumMixin:
