@@ -583,7 +583,7 @@ class TrainingRun:
         args.fast_path_timings = self.fast_path_timings
         _logger.info('fast path: ' + ', '.join(
             f'amp {r["amp"]} channels_last {r["channels_last"]}: {r["images_per_s"]:.1f} img/s'
-            + (' (one warm-up step, given up)' if 'timed' in r else '') for r in self.fast_path_timings)
+            + (f' ({r["timed"]})' if 'timed' in r else '') for r in self.fast_path_timings)
             + f'; chose amp {args.amp}, channels_last {args.channels_last}')
 
     # ------------------------------------------------------------------------------------------
