@@ -14,6 +14,7 @@ import yaml
 from wt_zoo.bench import main as bench_main
 from wt_zoo.bench import recipe as bench_recipe
 from wt_zoo.bench.common import ModelSpec, parse_model_specs
+from wt_zoo.trainer import GIVEN_UP
 
 
 @pytest.fixture(autouse=True)
@@ -855,7 +856,7 @@ def test_train_speed_times_every_path_and_the_one_auto_picks(fake_cifar10, data_
     paths = [r['path'] for r in rows]
     assert paths[:4] == ['fp32', 'fp32 + channels_last', 'bf16 autocast', 'bf16 autocast + channels_last']
     # a path auto gave up on (bf16 on a CPU without native bf16) keeps its name; the note says so
-    assert all(r.get('note') in (None, "first warm-up step only: over 3x the fastest option's step") for r in rows)
+    assert all(r.get('note') in (None, GIVEN_UP) for r in rows)
     chosen = [r for r in rows if r.get('chosen')]
     assert len(chosen) == 1 and chosen[0]['images_per_s'] == max(r['images_per_s'] for r in rows[:4])
     auto = rows[4]

@@ -140,17 +140,27 @@ def test_seconds_per_step_leaves_the_run_untouched(fake_cifar10, tmp_path):
     assert torch.equal(rng, torch.random.get_rng_state()) and not run.optimizer.state
 
 
-def test_seconds_per_step_gives_up_after_one_slow_step(fake_cifar10, tmp_path):
-    from wt_zoo.trainer import TrainingRun
-    run = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'probe', '--train-subset', '64')))
-    calls = []
+def test_seconds_per_step_gives_up_after_one_slow_step(fake_cifar10, tmp_path, monkeypatch):
+    """With a limit, a step on 1/8 of the batch (scaled) comes first; over the limit, nothing more is timed."""
+    from wt_zoo import trainer
+    run = trainer.TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, 'probe', '--train-subset', '64')))
+    batches = []
     loss_fn = run.train_loss_fn
-    run.train_loss_fn = lambda *a: calls.append(1) or loss_fn(*a)
-    run.seconds_per_step(steps=2, warmup=2, give_up_after=1e-9)
-    assert len(calls) == 1  # the first warm-up step was over the limit: nothing more timed
-    calls.clear()
+    run.train_loss_fn = lambda logits, target: batches.append(len(logits)) or loss_fn(logits, target)
+    seconds = run.seconds_per_step(steps=2, warmup=2, give_up_after=1e-9)
+    assert batches == [4] and seconds > 1e-9  # the probe, 32 // 8 images, was over the limit
+    batches.clear()
     run.seconds_per_step(steps=2, warmup=2, give_up_after=1e9)
-    assert len(calls) == 4
+    assert batches == [4, 32, 32, 32, 32]
+    batches.clear()
+    run.seconds_per_step(steps=2, warmup=2)
+    assert batches == [32] * 4  # no limit, no probe
+    # a probe under the limit but a first full step over it: given up after that step
+    clock = iter([0.0, 1.0, 10.0, 100.0])
+    monkeypatch.setattr(trainer.time, 'perf_counter', lambda: next(clock))
+    batches.clear()
+    assert run.seconds_per_step(steps=2, warmup=2, give_up_after=50.0) == 90.0
+    assert batches == [4, 32]
 
 
 def test_auto_switches_give_up_on_a_hopeless_option(fake_cifar10, tmp_path, monkeypatch):

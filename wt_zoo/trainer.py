@@ -28,8 +28,12 @@ _logger = logging.getLogger('train')
 
 # Flags that take on / off / auto ('auto' times both at start-up and keeps the faster).
 SWITCHES = ('amp', 'channels_last')
-# An auto option whose first (warm-up) step takes this many times the fastest option's step is not timed further.
+# An auto option whose first (warm-up) step takes this many times the fastest option's step is not timed further;
+# a step on 1/GIVE_UP_PROBE of the batch, scaled to the batch, is timed first, so a hopeless option costs that much.
 GIVE_UP_FACTOR = 3
+GIVE_UP_PROBE = 8
+GIVEN_UP = (f'first steps only: a 1/{GIVE_UP_PROBE}-batch probe (scaled) or the first warm-up step was over '
+            f'{GIVE_UP_FACTOR}x the fastest option\'s step')
 _SWITCH_WORDS = {True: 'on', False: 'off', None: 'off', 'true': 'on', 'false': 'off', 'on': 'on', 'off': 'off',
                  'auto': 'auto'}
 
@@ -444,9 +448,10 @@ class TrainingRun:
         a DEQ is timed solving (its dearer mode), not in its unrolled warm-up. ``compile`` times
         ``torch.compile`` of the model (its compilation falls in the warm-up steps); ``opt_impl`` another
         --opt-impl than the run's; ``image_size`` a batch downscaled to that side (progressive resizing).
-        ``give_up_after`` (seconds): when the first warm-up step alone takes longer, return its time at once; an
-        option that slow is out of the race, and its full timing could cost many minutes (bf16 autocast on a CPU
-        without native bf16 took 52 s for one step of wt_resnet_small at batch 64, that fp32 does in 2.5 s).
+        ``give_up_after`` (seconds): when a step on 1/GIVE_UP_PROBE of the batch, scaled to the whole batch, or
+        else the first warm-up step takes longer, return that time at once; an option that slow is out of the
+        race, and its full timing could cost many minutes (bf16 autocast on a CPU without native bf16 took 222 s
+        for one step of wt_resnet_small at batch 256, that fp32 does in 14 s).
         """
         args, device = self.args, self.ctx.device
         amp = self.args.amp == 'on' if amp is None else amp
@@ -463,7 +468,7 @@ class TrainingRun:
         has_aux = callable(getattr(model, 'aux_loss', None))
         rng = torch.random.get_rng_state()
 
-        def step():
+        def step(x=x, y=y):
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = self.train_loss_fn(forward(x), y)
                 if has_aux:
@@ -473,6 +478,14 @@ class TrainingRun:
             optimizer.step()
 
         try:
+            probe = len(x) // GIVE_UP_PROBE
+            if give_up_after is not None and probe:
+                start = time.perf_counter()
+                step(x[:probe], y[:probe])
+                _synchronize(device)
+                scaled = (time.perf_counter() - start) * len(x) / probe
+                if scaled > give_up_after:
+                    return scaled
             for index in range(warmup):
                 start = time.perf_counter()
                 step()
@@ -570,7 +583,7 @@ class TrainingRun:
                 seconds = self.seconds_per_step(amp=amp, channels_last=channels_last, give_up_after=give_up)
                 timing = dict(amp=amp, channels_last=channels_last, images_per_s=round(args.batch_size / seconds, 2))
                 if give_up is not None and seconds > give_up:
-                    timing['timed'] = f'first warm-up step only: over {GIVE_UP_FACTOR}x the fastest option\'s step'
+                    timing['timed'] = GIVEN_UP
                 else:
                     fastest_seconds = min(fastest_seconds, seconds)
                 self.fast_path_timings.append(timing)
