@@ -162,8 +162,9 @@ def test_stability_records_divergence_accuracy_spread_and_solver_curves(fake_cif
                                                                          monkeypatch):
     out, runs_dir = tmp_path / 'stability', tmp_path / 'runs'
     recipes = [tiny_recipe(tmp_path / 'wt.yaml', 'wt_resnet_tiny', model_kwargs=dict(width=16, depth=2)),
-               tiny_recipe(tmp_path / 'deq.yaml', 'deq_resnet_tiny', model_kwargs=dict(width=16, f_max_iter=3),
-                           unrolled_warmup_epochs=1)]
+               # eval_f_max_iter 0: evaluate at the training cap, not the c10 tag's test-time 24 (timm's default tag)
+               tiny_recipe(tmp_path / 'deq.yaml', 'deq_resnet_tiny',
+                           model_kwargs=dict(width=16, f_max_iter=3, eval_f_max_iter=0), unrolled_warmup_epochs=1)]
     command = ['stability', '--recipes', *recipes, '--seeds', '0', '1', '--lrs', '0.05', '1e30', '--epochs', '2',
                *TINY_DATA, '--out', str(out), '--runs', str(runs_dir), '--data-dir', str(fake_cifar10),
                '--data-cache', str(data_cache)]
@@ -453,8 +454,14 @@ def test_deq_solver_needs_a_held_out_split(tmp_path):
     (tmp_path / 'train_args.yaml').write_text('dataset: cifar10\nval_split_size: 5000\nval_split_seed: 7\n')
     assert held_out_flags(tmp_path) == ['--dataset', 'cifar10', '--split', 'val', '--val-split-size', '5000',
                                         '--val-split-seed', '7']
-    rows = [dict(top1=80.0, solver_nstep=12.0), dict(top1=80.0, solver_nstep=24.0), dict(top1=79.0, solver_nstep=6.0)]
+    rows = [dict(top1=80.0, solver_nstep=12.0, solver_rel_residual=0.04),
+            dict(top1=80.0, solver_nstep=24.0, solver_rel_residual=0.02),
+            dict(top1=79.0, solver_nstep=6.0, solver_rel_residual=0.03)]
     assert choose(rows) is rows[0]  # the cheaper of the two best
+    # convergence first: a higher top-1 short of the residual aim loses to the best converged one
+    rows.append(dict(top1=81.0, solver_nstep=4.0, solver_rel_residual=0.08))
+    assert choose(rows) is rows[0]
+    assert choose(rows[3:]) is rows[3]  # none converged: the best top-1 of all
 
 
 def _sweep_folder(folder: Path, top1: dict, epochs: int, seeds=(0,)) -> Path:

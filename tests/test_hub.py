@@ -236,6 +236,51 @@ def test_export_writes_the_tags_own_model_arguments_and_verify_ties_them_to_the_
                for p in hub.verify_folder(folder, check_registration=False))
 
 
+@pytest.mark.slow
+def test_rechoose_solver_rewrites_choice_figures_slice_and_card_but_not_the_weights(published, tmp_path, monkeypatch):
+    """A published DEQ's solver chosen again (convergence first) without retraining: the new choice, test figures,
+    slice record and card land together, the weights stay; a choice the tag does not build changes nothing."""
+    from wt_zoo.models.implicit_resnet import TAG_MODEL_ARGS
+    name = 'deq_resnet_tiny.c10'
+    folder = copy_folder(published, name, tmp_path)
+    torch.manual_seed(0)  # the model's own initialisation: the fixture's N(0, 1) weights make the solver diverge
+    save_file(timm.create_model(name).state_dict(), folder / hub.WEIGHTS)
+    hub.write_manifest(folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    solver = tmp_path / 'deq_solver'
+    solver.mkdir()
+    (solver / 'run.json').write_text(json.dumps(dict(command=f'python -m wt_zoo.bench deq-solver {name}',
+                                                     git_commit='0123456789abcdef', machine=dict(cpu_model='test'))))
+    caps = [dict(model=name, f_solver='anderson', eval_f_max_iter=cap, solver_cap=cap or 12, top1=top1,
+                 solver_nstep=nstep, solver_rel_residual=residual, samples=5000, split='val')
+            for cap, top1, nstep, residual in ((0, 70.9, 12.0, 0.07), (24, 70.6, 23.5, 0.03), (48, 70.5, 40.2, 0.02))]
+    (solver / 'solver.json').write_text(json.dumps(caps))
+    assert TAG_MODEL_ARGS[name]['eval_f_max_iter'] == 24  # the cap the rule picks, which validate.py's process builds
+    row = json.loads((folder / 'validation_results.json').read_text())[0]
+    results = tmp_path / 'results.json'
+    results.write_text(json.dumps([dict(row, top1=68.5, solver_nstep=23.9, solver_rel_residual=0.031)]))
+
+    monkeypatch.setitem(TAG_MODEL_ARGS, name, dict(eval_f_max_iter=48))
+    with pytest.raises(HubFolderError, match='chose eval_f_max_iter=24, f_solver=anderson .* builds eval_f_max_iter=48'):
+        hub.rechoose_solver(name, solver, results, hub_configs=folder.parent)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.undo()
+
+    assert hub.main(['rechoose-solver', name, '--solver-choices', str(solver), '--results-file', str(results),
+                     '--hub-configs', str(folder.parent)]) == 0
+    assert [p.name for p in folder.parent.iterdir()] == [name]  # the staging folder is gone
+    assert (folder / hub.WEIGHTS).read_bytes() == before[hub.WEIGHTS]
+    assert json.loads((folder / 'config.json').read_text())['model_args']['eval_f_max_iter'] == 24
+    assert json.loads((folder / 'solver_choices.json').read_text())['chosen'] == 24
+    assert json.loads((folder / 'validation_results.json').read_text())[0]['top1'] == 68.5
+    recorded = json.loads((folder / SLICE_RESULTS).read_text())
+    assert recorded['samples'] == 500 and recorded['validate_args'] == hub.validate_args(name, folder, on_slice=True)
+    card = (folder / 'README.md').read_text()
+    assert 'solves with **anderson, eval_f_max_iter=24**' in card and 'below 0.05 (the solver reaches' in card
+    assert '| 68.50 | ' in card  # the figures table
+    assert hub.verify_folder(folder, check_registration=False) == []
+
+
 def test_card_figures_come_from_the_results_files(published):
     for name in TAGS:
         folder = published['hub_configs'] / name

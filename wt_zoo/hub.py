@@ -13,6 +13,7 @@ an ``hf_hub_id`` (:mod:`wt_zoo.hub_ids`).
     python -m wt_zoo.hub install-cache [--cache-dir DIR]
     python -m wt_zoo.hub push [NAME ...] [--dry-run]
     python -m wt_zoo.hub card NAME ...      regenerate README.md and SHA256SUMS from the folder's files
+    python -m wt_zoo.hub rechoose-solver NAME --solver-choices DIR --results-file F   a DEQ tag's solver chosen again
     python -m wt_zoo.hub demo               load every published tag offline (after install-cache)
     python -m wt_zoo.hub record-slice [NAME ...]      measure the fixed CI slice into slice_results.json
     python -m wt_zoo.hub reproduce [NAME ...] [--slice]   re-validate; exit 1 unless the records reproduce
@@ -62,7 +63,7 @@ __all__ = [
     'HUB_ORG', 'HubFolderError', 'CONFIG', 'WEIGHTS', 'MANIFEST', 'HUB_FILES', 'export_checkpoint', 'write_card',
     'regenerate_card', 'write_manifest', 'read_manifest', 'cache_revision', 'check_files', 'check_weights',
     'load_weights', 'pretrained_cfg_overlay', 'verify_folder', 'verify_all', 'is_published_dir', 'install_folder',
-    'install_cache', 'push_plan', 'push', 'demo', 'SLICE', 'SLICE_LARGE_MODEL', 'SLICE_RESULTS', 'slice_images',
+    'rechoose_solver', 'install_cache', 'push_plan', 'push', 'demo', 'SLICE', 'SLICE_LARGE_MODEL', 'SLICE_RESULTS', 'slice_images',
     'tolerance_images', 'validate_args', 'record_slice', 'reproduce', 'check_chosen_settings', 'main',
 ]
 
@@ -585,17 +586,7 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     choice_record = recipe_choices(choices, chosen) if choices is not None else None
     if choice_record is not None:
         check_chosen_settings(choice_record, args, run_dir / ARGS_FILE)
-    solver_record = solver_choices(solver_choices_dir, name) if solver_choices_dir is not None else None
-    if solver_record is not None:
-        chosen = dict(eval_f_max_iter=solver_record['chosen'])
-        if 'chosen_solver' in solver_record:
-            chosen['f_solver'] = solver_record['chosen_solver']
-        builds = {key: getattr(model, 'deq_args', {}).get(key) for key in chosen}
-        if builds != chosen:
-            say = lambda settings: ', '.join(f'{k}={v}' for k, v in settings.items())
-            raise HubFolderError(
-                f'{solver_choices_dir}: chose {say(chosen)} for {name}, but the tag builds {say(builds)}: set it in '
-                'TAG_MODEL_ARGS beside the family\'s default_cfgs')
+    solver_record = _solver_record(solver_choices_dir, model, name) if solver_choices_dir is not None else None
     rows = read_result_rows(results_file)
     row = select_result_row(rows, name, results_file)
     problems = results_problems(validation_figures(row, results_file), model, name, results_file)
@@ -637,6 +628,67 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     finally:
         if stage.exists():
             shutil.rmtree(stage)
+    return target
+
+
+def _solver_record(solver_choices_dir: Path, model: torch.nn.Module, name: str) -> Dict[str, Any]:
+    """What a ``bench deq-solver`` folder chose for a tag, which the tag must build (TAG_MODEL_ARGS)."""
+    record = solver_choices(solver_choices_dir, name)
+    chosen = dict(eval_f_max_iter=record['chosen'])
+    if 'chosen_solver' in record:
+        chosen['f_solver'] = record['chosen_solver']
+    builds = {key: getattr(model, 'deq_args', {}).get(key) for key in chosen}
+    if builds != chosen:
+        say = lambda settings: ', '.join(f'{k}={v}' for k, v in settings.items())
+        raise HubFolderError(
+            f'{solver_choices_dir}: chose {say(chosen)} for {name}, but the tag builds {say(builds)}: set it in '
+            'TAG_MODEL_ARGS beside the family\'s default_cfgs')
+    return record
+
+
+def rechoose_solver(name: str, solver_choices_dir: Path, results_file: Path,
+                    hub_configs: Optional[Path] = None) -> Path:
+    """A published DEQ's test-time solver chosen again, without retraining: by another ``bench deq-solver``
+    folder or a new rule in :func:`choose_solver_cap`.
+
+    The tag must already build the new choice (TAG_MODEL_ARGS) and ``results_file`` be validate.py's figures
+    for the tag as it now builds. config.json, solver_choices.json, validation_results.json, the CI slice
+    record, the card and SHA256SUMS are rewritten; the weights are not. Staged beside the folder and swapped
+    in only once it verifies, as :func:`export_checkpoint` does.
+    """
+    import timm
+    from timm.models import save_for_hf
+    hub_configs = Path(hub_configs) if hub_configs is not None else hub_configs_dirs()[0]
+    target = hub_configs / name
+    problems = check_files(target)  # nothing is rewritten over a folder that does not match its manifest
+    if problems:
+        raise HubFolderError('\n'.join(problems))
+    # as published, with the tag's arguments as they now are (config.json must name them, as export writes it)
+    model_args = dict(json.loads((target / CONFIG).read_text()).get('model_args') or {}, **TAG_MODEL_ARGS.get(name, {}))
+    model = timm.create_model(name, pretrained=False, **model_args)
+    load_strict(model, load_weights(target / WEIGHTS), target / WEIGHTS, split_name(name)[0])
+    solver_record = _solver_record(solver_choices_dir, model, name)
+    results_file = Path(results_file)
+    row = select_result_row(read_result_rows(results_file), name, results_file)
+    problems = results_problems(validation_figures(row, results_file), model, name, results_file)
+    if problems:
+        raise HubFolderError('\n'.join(problems))
+    with tempfile.TemporaryDirectory(prefix=f'.{name}.', dir=hub_configs) as tmp:
+        stage = Path(tmp) / 'stage' / name
+        shutil.copytree(target, stage)
+        save_for_hf(model, Path(tmp) / 'saved', safe_serialization=True,
+                    model_config=dict(label_names=list(TAG_DATASETS[split_name(name)[1]].classes)))
+        shutil.copyfile(Path(tmp) / 'saved' / CONFIG, stage / CONFIG)
+        (stage / VALIDATION_RESULTS).write_text(json.dumps([row], indent=2) + '\n')
+        (stage / SOLVER_CHOICES).write_text(json.dumps(solver_record, indent=2) + '\n')
+        write_card(stage, name, model)
+        record_slice([name], stage.parent)
+        _plain_modes(stage)
+        problems = verify_folder(stage, name, check_registration=False)
+        if problems:
+            raise HubFolderError('\n'.join(problems))
+        os.replace(target, Path(tmp) / 'old')
+        os.replace(stage, target)
     return target
 
 
@@ -1025,6 +1077,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument('--chosen', default=None, metavar='VARIANT', help='with --choices: the variant this run trained with')
     p.add_argument('--solver-choices', type=Path, default=None, metavar='DEQ_SOLVER_DIR',
                    help='a `bench deq-solver` results folder the test-time solver cap was chosen from (the card shows it)')
+    p = sub.add_parser('rechoose-solver', help='a published DEQ\'s test-time solver chosen again (no retraining): '
+                       'its choice, test figures, slice record and card rewritten; the tag must build the choice')
+    p.add_argument('name', help='ARCH.TAG of a published DEQ')
+    p.add_argument('--solver-choices', type=Path, required=True, metavar='DEQ_SOLVER_DIR',
+                   help='the `bench deq-solver` results folder it is chosen from')
+    p.add_argument('--results-file', type=Path, required=True,
+                   help='validate.py --pretrained results for the tag as it now builds, on its card\'s split')
+    p.add_argument('--hub-configs', type=Path, default=None,
+                   help=f'default: the first of WT_ZOO_HUB_CONFIGS, else {REPO_HUB_CONFIGS}')
     for cmd, text in (('verify', 'check every (or the named) Hub folder'),
                       ('card', 'regenerate README.md and SHA256SUMS of the named folders from their files'),
                       ('install-cache', 'place Hub folders into the Hugging Face cache layout'),
@@ -1062,6 +1123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             folder = export_checkpoint(args.run_dir, args.results_file, args.name, args.hub_configs, args.hardware,
                                        args.overwrite, args.choices, args.chosen, args.solver_choices)
             print(f'exported {folder}')
+        elif args.command == 'rechoose-solver':
+            folder = rechoose_solver(args.name, args.solver_choices, args.results_file, args.hub_configs)
+            print(f'{folder}: solver chosen again, card and slice record rewritten')
         elif args.command == 'verify':
             if not is_published_dir(args.hub_configs):
                 print(f'note: wt_zoo does not publish from {args.hub_configs} (see WT_ZOO_HUB_CONFIGS), so the '
