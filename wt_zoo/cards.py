@@ -25,8 +25,7 @@ from .training import sitting_epochs
 __all__ = [
     'HubFolderError', 'DatasetInfo', 'TAG_DATASETS', 'TRAIN_ARGS', 'TRAIN_SUMMARY', 'VALIDATION_RESULTS', 'CARD',
     'PAPER_BIBTEX', 'SLICE_RESULTS', 'RECIPE_CHOICES', 'SOLVER_CHOICES', 'RESIDUAL_AIM', 'recipe_choices',
-    'choose_solver_cap',
-    'solver_choices', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
+    'choose_solver_cap', 'solver_choices', 'read_args', 'read_summary', 'read_result_rows', 'select_result_row',
     'validation_figures', 'folder_validation', 'folder_slice', 'sha256_file', 'training_figures', 'build_from_config',
     'render_card',
 ]

@@ -63,8 +63,8 @@ __all__ = [
     'HUB_ORG', 'HubFolderError', 'CONFIG', 'WEIGHTS', 'MANIFEST', 'HUB_FILES', 'export_checkpoint', 'write_card',
     'regenerate_card', 'write_manifest', 'read_manifest', 'cache_revision', 'check_files', 'check_weights',
     'load_weights', 'pretrained_cfg_overlay', 'verify_folder', 'verify_all', 'is_published_dir', 'install_folder',
-    'rechoose_solver', 'install_cache', 'push_plan', 'push', 'demo', 'SLICE', 'SLICE_LARGE_MODEL', 'SLICE_RESULTS', 'slice_images',
-    'tolerance_images', 'validate_args', 'record_slice', 'reproduce', 'check_chosen_settings', 'main',
+    'rechoose_solver', 'install_cache', 'push_plan', 'push', 'demo', 'SLICE', 'SLICE_LARGE_MODEL', 'SLICE_RESULTS',
+    'slice_images', 'tolerance_images', 'validate_args', 'record_slice', 'reproduce', 'check_chosen_settings', 'main',
 ]
 
 CONFIG = 'config.json'
@@ -664,7 +664,8 @@ def rechoose_solver(name: str, solver_choices_dir: Path, results_file: Path,
     if problems:
         raise HubFolderError('\n'.join(problems))
     # as published, with the tag's arguments as they now are (config.json must name them, as export writes it)
-    model_args = dict(json.loads((target / CONFIG).read_text()).get('model_args') or {}, **TAG_MODEL_ARGS.get(name, {}))
+    model_args = dict(json.loads((target / CONFIG).read_text()).get('model_args') or {})
+    model_args.update(TAG_MODEL_ARGS.get(name, {}))
     model = timm.create_model(name, pretrained=False, **model_args)
     load_strict(model, load_weights(target / WEIGHTS), target / WEIGHTS, split_name(name)[0])
     solver_record = _solver_record(solver_choices_dir, model, name)
