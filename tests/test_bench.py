@@ -98,8 +98,9 @@ def test_git_commit_marks_changed_code_dirty_but_not_rewritten_results(tmp_path)
 
 def test_efficiency_tables_ratios_and_bars(fake_cifar10, data_cache, tmp_path):
     out = tmp_path / 'efficiency'
+    # the DEQ evaluates at its training cap 3 (eval_f_max_iter 0), not the c10 tag's 24 (timm's default tag)
     assert bench_main([
-        'efficiency', 'wtsm_resnet_tiny:width=16,depth=2', 'deq_resnet_tiny:width=16,f_max_iter=3',
+        'efficiency', 'wtsm_resnet_tiny:width=16,depth=2', 'deq_resnet_tiny:width=16,f_max_iter=3,eval_f_max_iter=0',
         'wt_resnet_tiny:width=16,depth=8', '--out', str(out), '--devices', 'cpu', '--infer-batches', '1', '8',
         '--train-batch', '8', '--min-run-time', '0.01', '--matmul-size', '64', '--threads', '1', '--data-dir', str(fake_cifar10),
         '--data-cache', str(data_cache)]) == 0
@@ -108,7 +109,7 @@ def test_efficiency_tables_ratios_and_bars(fake_cifar10, data_cache, tmp_path):
     # each model follows its dense WT twin, which the bench adds when it was not asked for
     assert [r['model'] for r in tables['efficiency']] == [
         'wt_resnet_tiny:width=16,depth=2', 'wtsm_resnet_tiny:width=16,depth=2', 'wt_resnet_tiny:width=16',
-        'deq_resnet_tiny:width=16,f_max_iter=3', 'wt_resnet_tiny:width=16,depth=8']
+        'deq_resnet_tiny:width=16,f_max_iter=3,eval_f_max_iter=0', 'wt_resnet_tiny:width=16,depth=8']
     common = {'params', 'gflops', 'infer_b1_img_s', 'infer_b8_img_s', 'train_img_s', 'train_mem_mb',
               'achieved_gflops_s', 'params_vs_wt', 'gflops_vs_wt', 'infer_b1_img_s_vs_wt', 'infer_b8_img_s_vs_wt',
               'train_img_s_vs_wt', 'train_mem_mb_vs_wt'}
@@ -118,7 +119,7 @@ def test_efficiency_tables_ratios_and_bars(fake_cifar10, data_cache, tmp_path):
         assert all(positive(row[k]) for k in common), row
         assert row['params_vs_wt'] == 1.0  # twins share every parameter
     wt, wtsm, deq = (rows['wt_resnet_tiny:width=16,depth=2'], rows['wtsm_resnet_tiny:width=16,depth=2'],
-                     rows['deq_resnet_tiny:width=16,f_max_iter=3'])
+                     rows['deq_resnet_tiny:width=16,f_max_iter=3,eval_f_max_iter=0'])
     assert wt['infer_b8_img_s_vs_wt'] == 1.0 and wt['twin'] == wt['model']
     assert {'train_mem_ckpt_mb', 'ckpt_memory_saving', 'conv_time_share', 'conv_flop_share'} <= set(wt)
     assert {'effective_gflops', 'effective_gflops_vs_wt', 'train_mem_ckpt_mb'} <= set(wtsm)
@@ -135,7 +136,7 @@ def test_efficiency_tables_ratios_and_bars(fake_cifar10, data_cache, tmp_path):
         by_bar.setdefault(bar['bar'][0], []).append(bar)
     assert sorted(by_bar) == ['1', '2', '3', '4']
     assert [b['subject'] for b in by_bar['1']] == ['wtsm_resnet_tiny:width=16,depth=2']
-    assert [b['subject'] for b in by_bar['2']] == ['wt_resnet_tiny:width=16 vs deq_resnet_tiny:width=16,f_max_iter=3']
+    assert [b['subject'] for b in by_bar['2']] == ['wt_resnet_tiny:width=16 vs deq_resnet_tiny:width=16,f_max_iter=3,eval_f_max_iter=0']
     assert [b['subject'] for b in by_bar['3']] == ['wt_resnet_tiny:width=16,depth=8 (depth 8)']
     assert len(by_bar['4']) == 3
     assert all(b['passed'] in (True, False) and b['figure'] for b in bars)
@@ -440,7 +441,7 @@ def test_deq_solver_solves_further_only_when_asked_and_never_reads_test(tmp_path
     other, = check_tables(out, 'solver')['solver']
     assert other['f_solver'] == 'broyden' and other['solver_cap'] == 12 and other['solver_nstep'] <= 12
     assert other['solver_rel_residual'] != trained_cap['solver_rel_residual']
-    assert 'with broyden at eval_f_max_iter 0' in (out / 'README.md').read_text()
+    assert '- deq_resnet_tiny.c10: broyden at eval_f_max_iter 0 (cap 12)' in (out / 'README.md').read_text()
     with pytest.raises(SystemExit, match='--f-solvers: unknown newton; valid choices: anderson, broyden'):
         bench_main(['deq-solver', 'deq_resnet_tiny.c10', '--f-solvers', 'newton', '--out', str(out)])
 

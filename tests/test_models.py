@@ -341,7 +341,8 @@ def test_deq_reaches_tolerance_on_a_contractive_block(solver):
 
 
 def test_deq_that_misses_tolerance_warns_once_and_returns_its_best_iterate():
-    model = create('deq_resnet_tiny', f_solver='fixed_point_iter', f_max_iter=2, f_tol=1e-8).eval()
+    # eval_f_max_iter 0: the training cap, not the c10 tag's 24 (an untagged name builds timm's default tag)
+    model = create('deq_resnet_tiny', f_solver='fixed_point_iter', f_max_iter=2, f_tol=1e-8, eval_f_max_iter=0).eval()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         with torch.no_grad():
@@ -499,6 +500,7 @@ def test_a_tags_own_model_arguments_follow_the_tag_and_yield_to_the_caller(monke
     """A checkpoint's test-time solver cap belongs to its tag: loading it by name builds it, another tag of the
     same architecture does not, and the caller's argument wins."""
     from wt_zoo.models.implicit_resnet import TAG_MODEL_ARGS
+    monkeypatch.delitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', raising=False)  # a tag with no arguments of its own
     monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.fmnist', dict(eval_f_max_iter=30))
     cap = lambda name, **kwargs: timm.create_model(name, **kwargs).deq_args['eval_f_max_iter']
     assert cap('deq_resnet_tiny.fmnist') == 30
