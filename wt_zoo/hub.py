@@ -587,11 +587,7 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
     if choice_record is not None:
         check_chosen_settings(choice_record, args, run_dir / ARGS_FILE)
     solver_record = _solver_record(solver_choices_dir, model, name) if solver_choices_dir is not None else None
-    rows = read_result_rows(results_file)
-    row = select_result_row(rows, name, results_file)
-    problems = results_problems(validation_figures(row, results_file), model, name, results_file)
-    if problems:
-        raise HubFolderError('\n'.join(problems))
+    row = _result_row_for(results_file, model, name)
 
     target = hub_configs / name
     if target.exists() and not overwrite:
@@ -629,6 +625,15 @@ def export_checkpoint(run_dir: Path, results_file: Path, name: Optional[str] = N
         if stage.exists():
             shutil.rmtree(stage)
     return target
+
+
+def _result_row_for(results_file: Path, model: torch.nn.Module, name: str) -> Dict[str, Any]:
+    """validate.py's row for a tag, refused unless it is about this model on this tag's data."""
+    row = select_result_row(read_result_rows(results_file), name, results_file)
+    problems = results_problems(validation_figures(row, results_file), model, name, results_file)
+    if problems:
+        raise HubFolderError('\n'.join(problems))
+    return row
 
 
 def _solver_record(solver_choices_dir: Path, model: torch.nn.Module, name: str) -> Dict[str, Any]:
@@ -669,11 +674,7 @@ def rechoose_solver(name: str, solver_choices_dir: Path, results_file: Path,
     model = timm.create_model(name, pretrained=False, **model_args)
     load_strict(model, load_weights(target / WEIGHTS), target / WEIGHTS, split_name(name)[0])
     solver_record = _solver_record(solver_choices_dir, model, name)
-    results_file = Path(results_file)
-    row = select_result_row(read_result_rows(results_file), name, results_file)
-    problems = results_problems(validation_figures(row, results_file), model, name, results_file)
-    if problems:
-        raise HubFolderError('\n'.join(problems))
+    row = _result_row_for(Path(results_file), model, name)
     with tempfile.TemporaryDirectory(prefix=f'.{name}.', dir=hub_configs) as tmp:
         stage = Path(tmp) / 'stage' / name
         shutil.copytree(target, stage)
@@ -682,8 +683,8 @@ def rechoose_solver(name: str, solver_choices_dir: Path, results_file: Path,
         shutil.copyfile(Path(tmp) / 'saved' / CONFIG, stage / CONFIG)
         (stage / VALIDATION_RESULTS).write_text(json.dumps([row], indent=2) + '\n')
         (stage / SOLVER_CHOICES).write_text(json.dumps(solver_record, indent=2) + '\n')
-        write_card(stage, name, model)
-        record_slice([name], stage.parent)
+        write_manifest(stage)  # the cache record_slice validates from takes only folders that match it
+        record_slice([name], stage.parent)  # which renders the card from the new files
         _plain_modes(stage)
         problems = verify_folder(stage, name, check_registration=False)
         if problems:

@@ -93,7 +93,7 @@ def measure(config: str, batch_size: int, train_args: List[str], with_compile: b
         rows = [dict(base, path=_path_name(t['amp'], t['channels_last']), images_per_s=t['images_per_s'],
                      precision=amp_precision if t['amp'] else 'fp32',
                      chosen=(t['amp'], t['channels_last']) == (args.amp == 'on', args.channels_last == 'on'),
-                     note=t.get('timed'))  # set where auto gave the path up after one step
+                     note=t.get('timed'))  # set where auto gave the path up after its first steps
                 for t in run.fast_path_timings]
         best = max(r['images_per_s'] for r in rows)
         again = batch_size / run.seconds_per_step()
