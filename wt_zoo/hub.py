@@ -903,8 +903,8 @@ def demo(names: Iterable[str] = ()) -> List[Dict[str, Any]]:
 # class of a 10-class test split. On the CPU at a fixed batch size: a DEQ's solver stops on a whole batch's
 # residual, so the batches are part of what the figure means.
 SLICE = dict(split='test', eval_subset=500, val_split_seed=42, batch_size=256, device='cpu')
-# A model of over 2M parameters (the base trio, 5M) is re-validated on 200 images, 20 per class: an image of
-# deq_resnet_base costs 0.6 s on 2 AVX2 cores, and on 500 the base trio alone took 7 of CI's 17 minutes.
+# A model of over 2M parameters (the base trio, 5M) is re-validated on 200 images, 20 per class: on 500, the base
+# trio (its DEQ solving to 30 iterations) was most of the slice's share of CI on a 2-core CPU.
 SLICE_LARGE_MODEL = dict(params_over=2_000_000, eval_subset=200)
 VALIDATE_PY = Path(__file__).resolve().parents[1] / 'validate.py'
 
