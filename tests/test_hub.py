@@ -231,6 +231,14 @@ def test_export_writes_the_tags_own_model_arguments_and_verify_ties_them_to_the_
     (solver / 'solver.json').write_text(json.dumps(caps))
     hub.export_checkpoint(run, run / 'results.json', hub_configs=tmp_path / 'hub', overwrite=True,
                           solver_choices_dir=solver)
+    # a run that recorded the cap its epochs were evaluated at, before this one was chosen: published at the
+    # chosen cap, while train_args.yaml keeps the run's, so a retrain evaluates its epochs as the run did
+    pinned = make_run(tmp_path / 'runs', 'deq_resnet_tiny.c10', seed=1, eval_f_max_iter=12)
+    hub.export_checkpoint(pinned, pinned / 'results.json', hub_configs=tmp_path / 'hub', overwrite=True,
+                          solver_choices_dir=solver)
+    assert json.loads((folder / 'config.json').read_text())['model_args']['eval_f_max_iter'] == 24
+    assert yaml.safe_load((folder / 'train_args.yaml').read_text())['model_kwargs'] == {'eval_f_max_iter': 12}
+    assert hub.verify_folder(folder, check_registration=False) == []
     monkeypatch.delitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10')  # the name now builds the training cap only
     assert any('build a different model' in p and 'eval_f_max_iter' in p
                for p in hub.verify_folder(folder, check_registration=False))

@@ -140,6 +140,27 @@ def test_seconds_per_step_leaves_the_run_untouched(fake_cifar10, tmp_path):
     assert torch.equal(rng, torch.random.get_rng_state()) and not run.optimizer.state
 
 
+def test_args_yaml_pins_the_tags_own_model_arguments(fake_cifar10, tmp_path, monkeypatch):
+    """A run records the test-time cap its tag gave it, so a retrain from its args.yaml evaluates its epochs at
+    that cap after the tag's is chosen again; a cap the run named, and a model without tag arguments, stay as given."""
+    from wt_zoo.models.implicit_resnet import TAG_MODEL_ARGS
+    from wt_zoo.trainer import TrainingRun
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=20))
+    runs = {}
+    for name, model, extra in (('tagged', 'deq_resnet_tiny', ()),
+                               ('named', 'deq_resnet_tiny', ('--model-kwargs', 'eval_f_max_iter=0', 'f_tol=0.01')),
+                               ('wt', 'wt_resnet_tiny', ())):
+        runs[name] = TrainingRun(train.parse_args(fake_cifar_args(fake_cifar10, tmp_path, name, '--model', model,
+                                                                  '--train-subset', '64', *extra)))
+        runs[name].prepare_output()
+    saved = {name: yaml.safe_load((tmp_path / name / 'args.yaml').read_text())['model_kwargs'] for name in runs}
+    assert saved == {'tagged': {'eval_f_max_iter': 20}, 'named': {'eval_f_max_iter': 0, 'f_tol': 0.01}, 'wt': None}
+    assert runs['tagged'].model.deq_args['eval_f_max_iter'] == 20 and runs['named'].model.deq_args['eval_f_max_iter'] == 0
+    monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=30))  # the cap chosen again
+    again = TrainingRun(train.parse_args(['--config', str(tmp_path / 'tagged' / 'args.yaml'), '--experiment', 'again']))
+    assert again.model.deq_args['eval_f_max_iter'] == 20
+
+
 def test_seconds_per_step_gives_up_after_one_slow_step(fake_cifar10, tmp_path, monkeypatch):
     """With a limit, a step on 1/8 of the batch (scaled) comes first; over the limit, nothing more is timed."""
     from wt_zoo import trainer

@@ -473,17 +473,18 @@ def verify_all(names: Iterable[str] = (), hub_configs: Optional[Path] = None,
 
 def _run_model_args(run_config: Dict[str, Any], args: Dict[str, Any], name: str) -> Dict[str, Any]:
     """How the run built its model (train.py's config.json beside the weights, else its flags), less the
-    training-only arguments, over the tag's own model arguments (e.g. a test-time solver cap chosen for it)."""
-    model_args = dict(TAG_MODEL_ARGS.get(name, {}))
+    training-only arguments, then the tag's own model arguments over them: those (a test-time solver cap) are
+    chosen for the weights after the run, which recorded the cap it evaluated its epochs at."""
     if run_config:
-        model_args.update(run_config.get('model_args') or {})
+        model_args = dict(run_config.get('model_args') or {})
     else:
-        model_args.update(args.get('model_kwargs') or {})
+        model_args = dict(args.get('model_kwargs') or {})
         for key in ('num_classes', 'in_chans'):
             if args.get(key) is not None:
                 model_args[key] = args[key]
     for key in TRAINING_ONLY_MODEL_ARGS:
         model_args.pop(key, None)
+    model_args.update(TAG_MODEL_ARGS.get(name, {}))
     return model_args
 
 

@@ -20,6 +20,7 @@ import torch
 
 from . import data as wt_data
 from . import training as wt_training
+from .models.implicit_resnet import built_tag_model_args
 
 __all__ = ['TrainingRun', 'TrainingStopped', 'OutputFolderInUse', 'SWITCHES', 'OPT_IMPLS', 'switch_value',
            'build_train_parser', 'parse_train_args']
@@ -237,6 +238,9 @@ class TrainingRun:
         self._fill_dataset_defaults()
         wt_training.seed_everything(wt_training.epoch_seed(args.seed, 0, ctx.rank))
         self.model = model = wt_training.create_model_from_args(args)
+        # The tag's own arguments (a DEQ tag's test-time solver cap) are pinned in args.yaml, so that a retrain from
+        # a published train_args.yaml evaluates its epochs as this run did, even after the tag's cap is re-chosen.
+        args.model_kwargs = {**built_tag_model_args(model), **(args.model_kwargs or {})} or None
         self.data_config = resolve_input_data_config(model, args=self._data_args())
         args.input_size = list(self.data_config['input_size'])
         args.in_chans = self.data_config['input_size'][0]

@@ -25,7 +25,7 @@ from ..hub_ids import published_hub_ids
 
 __all__ = [
     'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'check_depth', 'check_input', 'ImplicitNet', 'ImplicitResNet',
-    'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'TAG_MODEL_ARGS', 'implicit_default_cfgs', 'family_default_cfgs',
+    'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'TAG_MODEL_ARGS', 'built_tag_model_args', 'implicit_default_cfgs', 'family_default_cfgs',
     'tag_model_args', 'create_implicit_model', 'create_implicit_resnet',
 ]
 
@@ -388,6 +388,13 @@ TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {}
 def tag_model_args(variant: str, cfg: Any) -> Dict[str, Any]:
     """The :data:`TAG_MODEL_ARGS` of the tag a resolved pretrained cfg names."""
     return dict(TAG_MODEL_ARGS.get(f'{variant}.{cfg.tag}', {})) if cfg is not None and cfg.tag else {}
+
+
+def built_tag_model_args(model: nn.Module) -> Dict[str, Any]:
+    """The :data:`TAG_MODEL_ARGS` a built model's tag (its ``pretrained_cfg``) gave it, unless the caller overrode
+    them: what a run must record to be rebuilt the same way after a tag's arguments change."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    return dict(TAG_MODEL_ARGS.get(f"{cfg.get('architecture')}.{cfg.get('tag')}", {})) if cfg.get('tag') else {}
 
 
 def create_implicit_model(
