@@ -154,7 +154,7 @@ def test_args_yaml_pins_the_tags_own_model_arguments(fake_cifar10, tmp_path, mon
                                                                   '--train-subset', '64', *extra)))
         runs[name].prepare_output()
     saved = {name: yaml.safe_load((tmp_path / name / 'args.yaml').read_text())['model_kwargs'] for name in runs}
-    assert saved == {'tagged': {'eval_f_max_iter': 20}, 'named': {'eval_f_max_iter': 0, 'f_tol': 0.01}, 'wt': None}
+    assert saved == {'tagged': {'eval_f_max_iter': 20}, 'named': {'eval_f_max_iter': 0, 'f_tol': 0.01}, 'wt': {}}
     assert runs['tagged'].model.deq_args['eval_f_max_iter'] == 20 and runs['named'].model.deq_args['eval_f_max_iter'] == 0
     monkeypatch.setitem(TAG_MODEL_ARGS, 'deq_resnet_tiny.c10', dict(eval_f_max_iter=30))  # the cap chosen again
     again = TrainingRun(train.parse_args(['--config', str(tmp_path / 'tagged' / 'args.yaml'), '--experiment', 'again']))

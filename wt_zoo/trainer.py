@@ -240,7 +240,9 @@ class TrainingRun:
         self.model = model = wt_training.create_model_from_args(args)
         # The tag's own arguments (a DEQ tag's test-time solver cap) are pinned in args.yaml, so that a retrain from
         # a published train_args.yaml evaluates its epochs as this run did, even after the tag's cap is re-chosen.
-        args.model_kwargs = {**built_tag_model_args(model), **(args.model_kwargs or {})} or None
+        pinned = built_tag_model_args(model)
+        if pinned:
+            args.model_kwargs = {**pinned, **(args.model_kwargs or {})}
         self.data_config = resolve_input_data_config(model, args=self._data_args())
         args.input_size = list(self.data_config['input_size'])
         args.in_chans = self.data_config['input_size'][0]

@@ -25,8 +25,8 @@ from ..hub_ids import published_hub_ids
 
 __all__ = [
     'ImplicitBlock', 'ImplicitStage', 'UnrolledImplicit', 'check_depth', 'check_input', 'ImplicitNet', 'ImplicitResNet',
-    'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'TAG_MODEL_ARGS', 'built_tag_model_args', 'implicit_default_cfgs', 'family_default_cfgs',
-    'tag_model_args', 'create_implicit_model', 'create_implicit_resnet',
+    'MODEL_SIZES', 'CIFAR10_MEAN', 'CIFAR10_STD', 'TAG_MODEL_ARGS', 'implicit_default_cfgs', 'family_default_cfgs',
+    'tag_model_args', 'built_tag_model_args', 'create_implicit_model', 'create_implicit_resnet',
 ]
 
 # Per-channel statistics of the CIFAR-10 training split (original dataset); Fashion-MNIST likewise.
