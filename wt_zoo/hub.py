@@ -472,9 +472,9 @@ def verify_all(names: Iterable[str] = (), hub_configs: Optional[Path] = None,
 
 
 def _run_model_args(run_config: Dict[str, Any], args: Dict[str, Any], name: str) -> Dict[str, Any]:
-    """How the run built its model (train.py's config.json beside the weights, else its flags), less the
-    training-only arguments, then the tag's own model arguments over them: those (a test-time solver cap) are
-    chosen for the weights after the run, which recorded the cap it evaluated its epochs at."""
+    """How the run built its model (train.py's config.json beside the weights, or a published folder's, else the
+    run's flags), less the training-only arguments, then the tag's own model arguments over them: those (a
+    test-time solver cap) are chosen for the weights after the run, which recorded the cap it evaluated at."""
     if run_config:
         model_args = dict(run_config.get('model_args') or {})
     else:
@@ -670,8 +670,7 @@ def rechoose_solver(name: str, solver_choices_dir: Path, results_file: Path,
     if problems:
         raise HubFolderError('\n'.join(problems))
     # as published, with the tag's arguments as they now are (config.json must name them, as export writes it)
-    model_args = dict(json.loads((target / CONFIG).read_text()).get('model_args') or {})
-    model_args.update(TAG_MODEL_ARGS.get(name, {}))
+    model_args = _run_model_args(json.loads((target / CONFIG).read_text()), {}, name)
     model = timm.create_model(name, pretrained=False, **model_args)
     load_strict(model, load_weights(target / WEIGHTS), target / WEIGHTS, split_name(name)[0])
     solver_record = _solver_record(solver_choices_dir, model, name)

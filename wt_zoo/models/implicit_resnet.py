@@ -385,16 +385,16 @@ def family_default_cfgs(family: str, hub_ids: Optional[Dict[str, str]] = None) -
 TAG_MODEL_ARGS: Dict[str, Dict[str, Any]] = {}
 
 
-def tag_model_args(variant: str, cfg: Any) -> Dict[str, Any]:
-    """The :data:`TAG_MODEL_ARGS` of the tag a resolved pretrained cfg names."""
-    return dict(TAG_MODEL_ARGS.get(f'{variant}.{cfg.tag}', {})) if cfg is not None and cfg.tag else {}
+def tag_model_args(variant: str, tag: Optional[str]) -> Dict[str, Any]:
+    """The :data:`TAG_MODEL_ARGS` of ``variant.tag`` ({} without a tag)."""
+    return dict(TAG_MODEL_ARGS.get(f'{variant}.{tag}', {})) if tag else {}
 
 
 def built_tag_model_args(model: nn.Module) -> Dict[str, Any]:
-    """The :data:`TAG_MODEL_ARGS` a built model's tag (its ``pretrained_cfg``) gave it, unless the caller overrode
-    them: what a run must record to be rebuilt the same way after a tag's arguments change."""
+    """The :data:`TAG_MODEL_ARGS` of a built model's tag (its ``pretrained_cfg``), which the caller's kwargs may
+    have overridden: what a run must record to be rebuilt the same way after a tag's arguments change."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
-    return dict(TAG_MODEL_ARGS.get(f"{cfg.get('architecture')}.{cfg.get('tag')}", {})) if cfg.get('tag') else {}
+    return tag_model_args(cfg.get('architecture'), cfg.get('tag'))
 
 
 def create_implicit_model(
@@ -415,7 +415,7 @@ def create_implicit_model(
         model_args['warmup_depth'] = model_args.pop('depth')  # a DEQ's unrolled warm-up runs as its WT twin
     # the tag named (timm's default tag when none) picks its own arguments
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    model_args.update(tag_model_args(variant, cfg))
+    model_args.update(tag_model_args(variant, cfg.tag if cfg is not None else None))
     model_args.update(kwargs)
     if pretrained:  # the Hub's cache, else the clone's hub_configs/ when offline; a corrupt file named
         from ..hub import pretrained_cfg_overlay  # here, not at the top: wt_zoo.hub imports the models
